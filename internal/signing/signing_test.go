@@ -115,7 +115,7 @@ func TestHMACTimestampFormat(t *testing.T) {
 
 func TestRFC9530ContentDigest(t *testing.T) {
 	for body, want := range map[string]string{
-		`{"hello": "world"}`:   "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+		`{"hello": "world"}`:       "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
 		"{\"hello\": \"world\"}\n": "sha-256=:RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg=:",
 	} {
 		if got := ContentDigest([]byte(body)); got != want {
@@ -276,9 +276,9 @@ func TestVerifierRejects(t *testing.T) {
 
 func TestParseSecretErrors(t *testing.T) {
 	cases := map[string]string{
-		"":                         "empty",
-		"sk_live_abc":              "must start with",
-		"whsec_!!!notbase64":       "not valid base64",
+		"":                   "empty",
+		"sk_live_abc":        "must start with",
+		"whsec_!!!notbase64": "not valid base64",
 		"whsec_" + base64.StdEncoding.EncodeToString(make([]byte, 16)): "at least 24",
 		"whsk_" + base64.StdEncoding.EncodeToString(make([]byte, 16)):  "seed is 32 bytes",
 	}

@@ -1,0 +1,197 @@
+// Package delivery sends one signed webhook request and classifies what came back. It
+// guards the addresses it dials, follows no redirect and reads at most 1 KiB of the
+// answer. It knows nothing of Kubernetes.
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hookline/hookline/internal/backoff"
+)
+
+// MaxResponseBytes is how much of a response body is kept.
+const MaxResponseBytes = 1024
+
+// drainLimit is how much more is read so the connection can be reused; beyond it the
+// connection is dropped rather than read on.
+const drainLimit = 64 << 10
+
+// Outcome is what an attempt means for the delivery.
+type Outcome int
+
+const (
+	// Succeeded: a 2xx answer.
+	Succeeded Outcome = iota + 1
+	// Retry: anything that may work later (other status codes, timeouts, connection,
+	// TLS and DNS errors).
+	Retry
+	// Gone: 410, the receiver asks never to be called again.
+	Gone
+	// Blocked: the address is internal and private networks are not allowed.
+	Blocked
+	// Invalid: the request cannot be made at all (bad URL, http:// not allowed).
+	Invalid
+)
+
+// Options are the manager-wide settings of the client.
+type Options struct {
+	AllowPrivateNetworks bool
+	AllowInsecureHTTP    bool
+	UserAgent            string
+	// MaxConnsPerHost bounds the connections kept per receiver; 0 means 16.
+	MaxConnsPerHost int
+}
+
+// Client sends webhook requests.
+type Client struct {
+	http *http.Client
+	opts Options
+}
+
+// NewClient returns a client whose dialer enforces the address guard.
+func NewClient(opts Options) *Client {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	if !opts.AllowPrivateNetworks {
+		dialer.Control = guardControl
+	}
+	perHost := opts.MaxConnsPerHost
+	if perHost <= 0 {
+		perHost = 16
+	}
+	transport := &http.Transport{
+		Proxy:                 nil, // a proxy would dial on our behalf, around the guard
+		DialContext:           dialer.DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   10 * time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   perHost,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	return &Client{
+		opts: opts,
+		http: &http.Client{
+			Transport:     transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// Header is one request header.
+type Header struct {
+	Name  string
+	Value string
+}
+
+// Request is one attempt.
+type Request struct {
+	URL     string
+	Body    []byte
+	Headers []Header
+	Timeout time.Duration
+}
+
+// Result is what an attempt produced.
+type Result struct {
+	Outcome    Outcome
+	StatusCode int
+	// Response is at most MaxResponseBytes of the body, as valid UTF-8.
+	Response string
+	// Error explains a failure without a status code; it never contains the URL.
+	Error      string
+	Duration   time.Duration
+	RetryAfter time.Duration
+}
+
+// Send makes one attempt. It never returns an error: every failure is a Result.
+func (c *Client) Send(ctx context.Context, r Request) Result {
+	u, err := url.Parse(r.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return Result{Outcome: Invalid, Error: "the endpoint URL is not an absolute http(s) URL"}
+	}
+	if u.Scheme == "http" && !c.opts.AllowInsecureHTTP {
+		return Result{Outcome: Invalid, Error: "http:// URLs are refused; the manager's --allow-insecure-http permits them"}
+	}
+	if r.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL, bytes.NewReader(r.Body))
+	if err != nil {
+		return Result{Outcome: Invalid, Error: "cannot build the request"}
+	}
+	for _, h := range r.Headers {
+		req.Header.Set(h.Name, h.Value)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", c.opts.UserAgent)
+
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		res := Result{Outcome: Retry, Error: describe(err), Duration: time.Since(start)}
+		if errors.Is(err, ErrBlockedAddress) {
+			res.Outcome = Blocked
+		}
+		return res
+	}
+	head, _ := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
+	_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
+	_ = resp.Body.Close()
+
+	res := Result{
+		StatusCode: resp.StatusCode,
+		Response:   strings.ToValidUTF8(string(head), string(utf8.RuneError)),
+		Duration:   time.Since(start),
+	}
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		res.Outcome = Succeeded
+	case resp.StatusCode == http.StatusGone:
+		res.Outcome = Gone
+	default:
+		res.Outcome = Retry
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			res.RetryAfter = backoff.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+			res.Error = "redirects are not followed"
+		}
+	}
+	return res
+}
+
+// describe turns a transport error into a short text for the delivery's history,
+// without the URL (it may carry tokens in its query).
+func describe(err error) string {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout: no complete answer within the endpoint's timeoutSeconds"
+	case errors.Is(err, ErrBlockedAddress):
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Err != nil {
+			return opErr.Err.Error()
+		}
+	}
+	msg := err.Error()
+	if len(msg) > 300 {
+		msg = msg[:300]
+	}
+	return msg
+}
