@@ -28,13 +28,21 @@ type WebhookEventSpec struct {
 	EndpointSelector *metav1.LabelSelector `json:"endpointSelector,omitempty"`
 }
 
-// DeliveryCounts counts an event's deliveries by phase.
+// DeliveryCounts counts an event's deliveries by phase. Zeros are written out so that
+// the counts read the same in every tool; the fields are optional because status is
+// written by merge patch, which leaves unchanged zeros out.
 type DeliveryCounts struct {
-	Total     int32 `json:"total"`
-	Pending   int32 `json:"pending"`
-	Retrying  int32 `json:"retrying"`
+	// +optional
+	Total int32 `json:"total"`
+	// +optional
+	Pending int32 `json:"pending"`
+	// +optional
+	Retrying int32 `json:"retrying"`
+	// +optional
 	Succeeded int32 `json:"succeeded"`
-	Failed    int32 `json:"failed"`
+	// +optional
+	Failed int32 `json:"failed"`
+	// +optional
 	Exhausted int32 `json:"exhausted"`
 }
 

@@ -1,0 +1,307 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/urlkey"
+)
+
+// EndpointReconciler keeps a WebhookEndpoint's signing Secret and status true: URL
+// ownership within the namespace, the secret, and whether it accepts deliveries.
+type EndpointReconciler struct {
+	client.Client
+	Secrets           SecretReader
+	Recorder          eventRecorder
+	AllowInsecureHTTP bool
+}
+
+// +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints,verbs=get;list;watch
+// +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile reads the endpoint, computes its status and writes it once.
+func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var ep hooklinev1.WebhookEndpoint
+	if err := r.Get(ctx, req.NamespacedName, &ep); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	before := ep.DeepCopy()
+	st := &ep.Status
+	st.ObservedGeneration = ep.Generation
+
+	ready, err := r.evaluate(ctx, &ep)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	setCondition(&st.Conditions, ep.Generation, hooklinev1.ConditionReady, ready.status, ready.reason, ready.message)
+	if ready.stalled {
+		setCondition(&st.Conditions, ep.Generation, hooklinev1.ConditionStalled, metav1.ConditionTrue, ready.reason, ready.message)
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, hooklinev1.ConditionStalled)
+	}
+	r.recordTransitions(before, &ep)
+
+	if !equality.Semantic.DeepEqual(before.Status, ep.Status) {
+		if err := r.Status().Patch(ctx, &ep, client.MergeFrom(before)); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// readiness is the computed Ready condition.
+type readiness struct {
+	status  metav1.ConditionStatus
+	reason  string
+	message string
+	stalled bool // only a user can fix it
+}
+
+func notReady(reason, message string) readiness {
+	return readiness{status: metav1.ConditionFalse, reason: reason, message: message, stalled: true}
+}
+
+// evaluate runs the checks in order; the first that fails decides the condition.
+func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (readiness, error) {
+	normalized, err := urlkey.Normalize(ep.Spec.URL)
+	if err != nil {
+		return notReady(hooklinev1.ReasonInvalidSpec, fmt.Sprintf("spec.url: %v", err)), nil
+	}
+	if strings.HasPrefix(normalized, "http://") && !r.AllowInsecureHTTP {
+		return notReady(hooklinev1.ReasonInvalidSpec, "spec.url is http://: use https://, or run the manager with --allow-insecure-http (local development only)"), nil
+	}
+	owner, err := r.urlOwner(ctx, ep)
+	if err != nil {
+		return readiness{}, err
+	}
+	if owner != ep.Name {
+		return notReady(hooklinev1.ReasonDuplicateURL,
+			fmt.Sprintf("WebhookEndpoint %s already holds the URL %s in this namespace; this endpoint receives nothing until that one is deleted or changes its URL", owner, normalized)), nil
+	}
+	if problem, err := r.ensureSigningSecret(ctx, ep); err != nil {
+		return readiness{}, err
+	} else if problem != "" {
+		return notReady(hooklinev1.ReasonSecretInvalid, problem), nil
+	}
+	if problem, err := r.checkHeaderSecrets(ctx, ep); err != nil {
+		return readiness{}, err
+	} else if problem != "" {
+		return notReady(hooklinev1.ReasonSecretInvalid, problem), nil
+	}
+	r.handleEnable(ep)
+	if ep.Disabled() {
+		return notReady(hooklinev1.ReasonDisabled, disabledMessage(ep)), nil
+	}
+	if err := r.handleSendTest(ctx, ep); err != nil {
+		return readiness{}, err
+	}
+	if ep.Spec.Paused {
+		return readiness{status: metav1.ConditionTrue, reason: hooklinev1.ReasonPaused, message: "paused by spec.paused: nothing new is enqueued and pending retries wait"}, nil
+	}
+	return readiness{status: metav1.ConditionTrue, reason: hooklinev1.ReasonActive, message: "accepting deliveries"}, nil
+}
+
+func disabledMessage(ep *hooklinev1.WebhookEndpoint) string {
+	what := "it was disabled automatically"
+	switch ep.Status.DisabledReason {
+	case hooklinev1.DisabledEndpointGone:
+		what = "the receiver answered 410 Gone"
+	case hooklinev1.DisabledFailingTooLong:
+		what = "its deliveries failed for longer than spec.autoDisableAfter"
+	}
+	return fmt.Sprintf("disabled (%s): %s; set the annotation %s to a new value to enable it again",
+		ep.Status.DisabledReason, what, hooklinev1.AnnotationEnable)
+}
+
+// urlOwner returns the name of the endpoint that owns this endpoint's URL in its
+// namespace: the oldest, then the smallest name.
+func (r *EndpointReconciler) urlOwner(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (string, error) {
+	var list hooklinev1.WebhookEndpointList
+	if err := r.List(ctx, &list, client.InNamespace(ep.Namespace), client.MatchingFields{indexEndpointURL: endpointURLKey(ep)}); err != nil {
+		return "", err
+	}
+	candidates := []hooklinev1.WebhookEndpoint{*ep}
+	for _, other := range list.Items {
+		if other.Name != ep.Name && other.DeletionTimestamp == nil {
+			candidates = append(candidates, other)
+		}
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		a, b := candidates[i].CreationTimestamp, candidates[j].CreationTimestamp
+		if !a.Equal(&b) {
+			return a.Before(&b)
+		}
+		return candidates[i].Name < candidates[j].Name
+	})
+	return candidates[0].Name, nil
+}
+
+// ensureSigningSecret creates the endpoint's Secret when none exists, replaces a
+// managed secret of the wrong algorithm, and records the hint and public key. It
+// returns a problem for the user, or an error to retry.
+func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (string, error) {
+	st := &ep.Status
+	st.SecretName = ep.SigningSecretName()
+	secret, m, err := loadSigningMaterial(ctx, r.Secrets, ep)
+	if apierrors.IsNotFound(err) {
+		secret, err = newSigningSecret(ep)
+		if err != nil {
+			return "", err
+		}
+		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
+			return "", err
+		}
+		if err := r.Create(ctx, secret); err != nil {
+			return "", err // AlreadyExists included: the next reconcile reads it
+		}
+		m, err = materialFromSecret(secret, ep)
+	}
+	var problem *secretProblem
+	if errors.As(err, &problem) && !m.userManaged && secret != nil {
+		// Our own Secret, unusable for the spec (e.g. the algorithm changed): replace it.
+		fresh, genErr := newSigningSecret(ep)
+		if genErr != nil {
+			return "", genErr
+		}
+		secret.Data = fresh.Data
+		if err := r.Update(ctx, secret); err != nil {
+			return "", err
+		}
+		m, err = materialFromSecret(secret, ep)
+	}
+	if errors.As(err, &problem) {
+		st.SecretHint, st.PublicKey, st.PublicKeyID = "", "", ""
+		return problem.msg, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	st.SecretHint, st.PublicKey, st.PublicKeyID = m.hint, m.publicKey, m.keyID
+	return "", nil
+}
+
+// checkHeaderSecrets reports the first header whose Secret or key is missing.
+func (r *EndpointReconciler) checkHeaderSecrets(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (string, error) {
+	for _, h := range ep.Spec.Headers {
+		if h.ValueFrom == nil {
+			continue
+		}
+		ref := h.ValueFrom.SecretKeyRef
+		secret, err := r.Secrets.Get(ctx, ep.Namespace, ref.Name)
+		if apierrors.IsNotFound(err) {
+			return fmt.Sprintf("header %s: Secret %s not found; deliveries wait until it exists", h.Name, ref.Name), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if _, ok := secret.Data[ref.Key]; !ok {
+			return fmt.Sprintf("header %s: Secret %s has no key %q; deliveries wait until it has", h.Name, ref.Name, ref.Key), nil
+		}
+	}
+	return "", nil
+}
+
+// handleEnable acts on a new hookline.dev/enable token: a disabled endpoint is enabled
+// again with a clean failure record.
+func (r *EndpointReconciler) handleEnable(ep *hooklinev1.WebhookEndpoint) {
+	token := ep.Annotations[hooklinev1.AnnotationEnable]
+	if token == "" || token == ep.Status.LastHandledEnable {
+		return
+	}
+	st := &ep.Status
+	st.LastHandledEnable = token
+	if st.DisabledReason == "" {
+		return
+	}
+	st.DisabledReason = ""
+	st.ConsecutiveFailures = 0
+	st.FailingSince = nil
+	r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "Enabled", "Enable", "enabled again by the %s annotation", hooklinev1.AnnotationEnable)
+}
+
+// handleSendTest acts on a new hookline.dev/send-test token: one delivery of type
+// hookline.test, whatever the subscriptions.
+func (r *EndpointReconciler) handleSendTest(ctx context.Context, ep *hooklinev1.WebhookEndpoint) error {
+	token := ep.Annotations[hooklinev1.AnnotationSendTest]
+	if token == "" || token == ep.Status.LastHandledSendTest {
+		return nil
+	}
+	d := newTestDelivery(ep, token)
+	if err := controllerutil.SetOwnerReference(ep, d, r.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Create(ctx, d); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	ep.Status.LastHandledSendTest = token
+	return nil
+}
+
+// recordTransitions emits Kubernetes Events for changes a user wants to hear about.
+func (r *EndpointReconciler) recordTransitions(before, after *hooklinev1.WebhookEndpoint) {
+	was := meta.FindStatusCondition(before.Status.Conditions, hooklinev1.ConditionReady)
+	now := meta.FindStatusCondition(after.Status.Conditions, hooklinev1.ConditionReady)
+	if now == nil || (was != nil && was.Reason == now.Reason) {
+		return
+	}
+	switch now.Reason {
+	case hooklinev1.ReasonDuplicateURL:
+		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, hooklinev1.ReasonDuplicateURL, "CheckURL", "%s", now.Message)
+	case hooklinev1.ReasonDisabled:
+		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, "Disabled", "Disable", "%s", now.Message)
+	}
+}
+
+// SetupWithManager watches endpoints, the Secrets they own, and the other endpoints of
+// the same URL so that deleting an owner hands the URL on.
+func (r *EndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&hooklinev1.WebhookEndpoint{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, disabledChanged()))).
+		Owns(&corev1.Secret{}).
+		Watches(&hooklinev1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(r.sameURLEndpoints)).
+		Named("webhookendpoint").
+		Complete(r)
+}
+
+// sameURLEndpoints maps an endpoint to the others holding its URL.
+func (r *EndpointReconciler) sameURLEndpoints(ctx context.Context, o client.Object) []reconcile.Request {
+	ep := o.(*hooklinev1.WebhookEndpoint)
+	key := endpointURLKey(ep)
+	if key == "" {
+		return nil
+	}
+	var list hooklinev1.WebhookEndpointList
+	if err := r.List(ctx, &list, client.InNamespace(ep.Namespace), client.MatchingFields{indexEndpointURL: key}); err != nil {
+		logf.FromContext(ctx).Error(err, "list endpoints by URL")
+		return nil
+	}
+	var out []reconcile.Request
+	for _, other := range list.Items {
+		if other.Name != ep.Name {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: other.Namespace, Name: other.Name}})
+		}
+	}
+	return out
+}

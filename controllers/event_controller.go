@@ -1,0 +1,244 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+)
+
+// MaxPayloadBytes is the largest payload accepted.
+const MaxPayloadBytes = 256 << 10
+
+// EventReconciler fans a WebhookEvent out to one WebhookDelivery per subscribed, ready
+// endpoint of its namespace, then keeps the event's delivery counts.
+type EventReconciler struct {
+	client.Client
+	Retention Retention
+}
+
+// Retention is how long finished objects are kept.
+type Retention struct {
+	Succeeded time.Duration
+	Failed    time.Duration
+}
+
+// +kubebuilder:rbac:groups=hookline.dev,resources=webhookevents,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=hookline.dev,resources=webhookevents/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=hookline.dev,resources=webhookdeliveries,verbs=get;list;watch;create;delete
+
+// Reconcile fans out once, then counts.
+func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var ev hooklinev1.WebhookEvent
+	if err := r.Get(ctx, req.NamespacedName, &ev); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if expired, wait := r.retentionLeft(&ev); expired {
+		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.PropagationPolicy(metav1.DeletePropagationBackground)))
+	} else if wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+
+	before := ev.DeepCopy()
+	st := &ev.Status
+	st.ObservedGeneration = ev.Generation
+	if st.MessageID == "" {
+		if problem := checkPayload(&ev); problem != "" {
+			setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem)
+			st.CompletionTime = ptrNow()
+			return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
+		}
+		created, err := r.fanOut(ctx, &ev)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		// The fan-out is recorded by the message id; it never runs again, so an endpoint
+		// created later does not receive old events.
+		st.MessageID = messageID(ev.UID)
+		st.Deliveries = hooklinev1.DeliveryCounts{Total: int32(created), Pending: int32(created)}
+	} else if err := r.count(ctx, &ev); err != nil {
+		return ctrl.Result{}, err
+	}
+	setComplete(&ev)
+	if err := r.patchStatus(ctx, before, &ev); err != nil {
+		return ctrl.Result{}, err
+	}
+	if _, wait := r.retentionLeft(&ev); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+func (r *EventReconciler) patchStatus(ctx context.Context, before, ev *hooklinev1.WebhookEvent) error {
+	if equality.Semantic.DeepEqual(before.Status, ev.Status) {
+		return nil
+	}
+	return client.IgnoreNotFound(r.Status().Patch(ctx, ev, client.MergeFrom(before)))
+}
+
+func checkPayload(ev *hooklinev1.WebhookEvent) string {
+	raw := strings.TrimSpace(string(ev.Spec.Payload.Raw))
+	if !strings.HasPrefix(raw, "{") {
+		return "spec.payload must be a JSON object"
+	}
+	if len(raw) > MaxPayloadBytes {
+		return fmt.Sprintf("spec.payload is %d bytes, at most %d are accepted; nothing was delivered", len(raw), MaxPayloadBytes)
+	}
+	return ""
+}
+
+// fanOut creates one delivery per receiving endpoint. Names are derived from the event
+// and the endpoint, so running it twice creates nothing new.
+func (r *EventReconciler) fanOut(ctx context.Context, ev *hooklinev1.WebhookEvent) (int, error) {
+	selector := labels.Everything()
+	if ev.Spec.EndpointSelector != nil {
+		s, err := metav1.LabelSelectorAsSelector(ev.Spec.EndpointSelector)
+		if err != nil {
+			return 0, err // admission validated the shape; this is not expected
+		}
+		selector = s
+	}
+	var endpoints hooklinev1.WebhookEndpointList
+	if err := r.List(ctx, &endpoints, client.InNamespace(ev.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+		return 0, err
+	}
+	created := 0
+	for i := range endpoints.Items {
+		ep := &endpoints.Items[i]
+		if ep.DeletionTimestamp != nil || !ep.AcceptsDeliveries() || !ep.Subscribes(ev.Spec.Type) {
+			continue
+		}
+		d := &hooklinev1.WebhookDelivery{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:      deliveryName(ev.Name, ep.Name),
+				Namespace: ev.Namespace,
+			},
+			Spec: hooklinev1.WebhookDeliverySpec{
+				EndpointRef: hooklinev1.LocalRef{Name: ep.Name},
+				EventType:   ev.Spec.Type,
+				EventRef:    &hooklinev1.LocalRef{Name: ev.Name},
+			},
+		}
+		if err := controllerutil.SetControllerReference(ev, d, r.Scheme()); err != nil {
+			return created, err
+		}
+		if err := r.Create(ctx, d); err != nil && !apierrors.IsAlreadyExists(err) {
+			return created, err
+		}
+		created++
+	}
+	return created, nil
+}
+
+// count tallies the event's deliveries by phase from the cache.
+func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent) error {
+	var list hooklinev1.WebhookDeliveryList
+	if err := r.List(ctx, &list, client.InNamespace(ev.Namespace), client.MatchingFields{indexDeliveryEvent: ev.Name}); err != nil {
+		return err
+	}
+	var c hooklinev1.DeliveryCounts
+	for _, d := range list.Items {
+		switch d.Status.Phase {
+		case hooklinev1.PhaseRetrying:
+			c.Retrying++
+		case hooklinev1.PhaseSucceeded:
+			c.Succeeded++
+		case hooklinev1.PhaseFailed:
+			c.Failed++
+		case hooklinev1.PhaseExhausted:
+			c.Exhausted++
+		}
+	}
+	// The cache may not hold every delivery the fan-out created yet; the total recorded
+	// then is the truth, and the ones not seen are pending.
+	c.Total = max(ev.Status.Deliveries.Total, int32(len(list.Items)))
+	c.Pending = c.Total - c.Retrying - c.Succeeded - c.Failed - c.Exhausted
+	ev.Status.Deliveries = c
+	return nil
+}
+
+// setComplete sets the Complete condition and completionTime from the counts.
+func setComplete(ev *hooklinev1.WebhookEvent) {
+	st := &ev.Status
+	c := st.Deliveries
+	finished := c.Succeeded + c.Failed + c.Exhausted
+	switch {
+	case c.Total == 0:
+		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonNoEndpoints,
+			"no ready endpoint of this namespace subscribes to "+ev.Spec.Type)
+	case finished < c.Total:
+		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionFalse, hooklinev1.ReasonInProgress,
+			fmt.Sprintf("%d of %d deliveries finished", finished, c.Total))
+		st.CompletionTime = nil
+		return
+	case c.Succeeded == c.Total:
+		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonAllSucceeded,
+			fmt.Sprintf("all %d deliveries succeeded", c.Total))
+	default:
+		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonSomeFailed,
+			fmt.Sprintf("%d of %d deliveries failed or were exhausted", c.Failed+c.Exhausted, c.Total))
+	}
+	if st.CompletionTime == nil {
+		st.CompletionTime = ptrNow()
+	}
+}
+
+// retentionLeft reports whether a complete event's retention has passed, or how long
+// is left. An event whose deliveries all failed is kept for the failed retention.
+func (r *EventReconciler) retentionLeft(ev *hooklinev1.WebhookEvent) (bool, time.Duration) {
+	if ev.Status.CompletionTime == nil {
+		return false, 0
+	}
+	keep := r.Retention.Succeeded
+	c := ev.Status.Deliveries
+	if c.Failed+c.Exhausted > 0 {
+		keep = r.Retention.Failed
+	}
+	if keep <= 0 {
+		return false, 0
+	}
+	left := time.Until(ev.Status.CompletionTime.Add(keep))
+	return left <= 0, left
+}
+
+// deliveryName is deterministic per (event, endpoint) and a valid object name.
+func deliveryName(eventName, endpointName string) string {
+	sum := sha256.Sum256([]byte(endpointName))
+	suffix := hex.EncodeToString(sum[:5])
+	if len(eventName) > 253-len(suffix)-1 {
+		eventName = strings.TrimRight(eventName[:253-len(suffix)-1], ".-")
+	}
+	return eventName + "-" + suffix
+}
+
+// messageID is the webhook-id of an object: stable across attempts and restarts.
+func messageID(uid types.UID) string {
+	return "msg_" + strings.ReplaceAll(string(uid), "-", "")
+}
+
+func ptrNow() *metav1.Time {
+	t := metav1.Now()
+	return &t
+}
+
+// SetupWithManager watches events and the deliveries they own.
+func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&hooklinev1.WebhookEvent{}).
+		Owns(&hooklinev1.WebhookDelivery{}).
+		Named("webhookevent").
+		Complete(r)
+}

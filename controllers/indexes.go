@@ -1,0 +1,57 @@
+// Package controllers holds one thin reconciler per hookline kind; the work they
+// delegate lives in internal/.
+package controllers
+
+import (
+	"context"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/urlkey"
+)
+
+// Field indexes of the manager's cache.
+const (
+	// indexEndpointURL holds urlkey.IndexKey of an endpoint's normalised URL.
+	indexEndpointURL = "hookline.urlKey"
+	// indexDeliveryEndpoint holds a delivery's spec.endpointRef.name.
+	indexDeliveryEndpoint = "spec.endpointRef.name"
+	// indexDeliveryEvent holds a delivery's spec.eventRef.name.
+	indexDeliveryEvent = "spec.eventRef.name"
+)
+
+// SetupIndexes registers the field indexes every reconciler relies on.
+func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &hooklinev1.WebhookEndpoint{}, indexEndpointURL, func(o client.Object) []string {
+		if key := endpointURLKey(o.(*hooklinev1.WebhookEndpoint)); key != "" {
+			return []string{key}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &hooklinev1.WebhookDelivery{}, indexDeliveryEndpoint, func(o client.Object) []string {
+		return []string{o.(*hooklinev1.WebhookDelivery).Spec.EndpointRef.Name}
+	}); err != nil {
+		return err
+	}
+	return idx.IndexField(ctx, &hooklinev1.WebhookDelivery{}, indexDeliveryEvent, func(o client.Object) []string {
+		if ref := o.(*hooklinev1.WebhookDelivery).Spec.EventRef; ref != nil {
+			return []string{ref.Name}
+		}
+		return nil
+	})
+}
+
+// endpointURLKey is the index key of an endpoint's normalised URL; empty when the URL
+// cannot be normalised.
+func endpointURLKey(ep *hooklinev1.WebhookEndpoint) string {
+	n, err := urlkey.Normalize(ep.Spec.URL)
+	if err != nil {
+		return ""
+	}
+	return urlkey.IndexKey(n)
+}

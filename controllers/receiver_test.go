@@ -1,0 +1,50 @@
+package controllers
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+)
+
+// capturedRequest is one request a test receiver got.
+type capturedRequest struct {
+	header http.Header
+	body   []byte
+	target string
+}
+
+// receiver is an httptest server on loopback that records requests and answers with
+// the status codes it is given, in order (the last one repeats).
+type receiver struct {
+	*httptest.Server
+	mu       sync.Mutex
+	requests []capturedRequest
+	codes    []int
+}
+
+func newReceiver(t *testing.T, codes ...int) *receiver {
+	t.Helper()
+	if len(codes) == 0 {
+		codes = []int{http.StatusOK}
+	}
+	r := &receiver{codes: codes}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.requests = append(r.requests, capturedRequest{header: req.Header.Clone(), body: body, target: req.URL.String()})
+		code := r.codes[min(len(r.requests), len(r.codes))-1]
+		r.mu.Unlock()
+		w.WriteHeader(code)
+		_, _ = w.Write([]byte("received"))
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) got() []capturedRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]capturedRequest(nil), r.requests...)
+}

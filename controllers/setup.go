@@ -1,0 +1,61 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/delivery"
+)
+
+// Config is what the manager's flags decide for the reconcilers.
+type Config struct {
+	AllowInsecureHTTP       bool
+	Sender                  *delivery.Client
+	MaxConcurrentDeliveries int
+	Retention               Retention
+}
+
+// Setup registers the field indexes and the three reconcilers with mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
+	if err := SetupIndexes(ctx, mgr); err != nil {
+		return fmt.Errorf("field indexes: %w", err)
+	}
+	secrets := SecretReader{Cached: mgr.GetClient(), Live: mgr.GetAPIReader()}
+	if err := (&EndpointReconciler{
+		Client:            mgr.GetClient(),
+		Secrets:           secrets,
+		Recorder:          mgr.GetEventRecorder("hookline"),
+		AllowInsecureHTTP: cfg.AllowInsecureHTTP,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("endpoint controller: %w", err)
+	}
+	if err := (&EventReconciler{Client: mgr.GetClient(), Retention: cfg.Retention}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("event controller: %w", err)
+	}
+	if err := (&DeliveryReconciler{
+		Client:        mgr.GetClient(),
+		Live:          mgr.GetAPIReader(),
+		Secrets:       secrets,
+		Sender:        cfg.Sender,
+		Retention:     cfg.Retention,
+		MaxConcurrent: cfg.MaxConcurrentDeliveries,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("delivery controller: %w", err)
+	}
+	return nil
+}
+
+// CacheOptions restricts the manager's Secret cache to the Secrets it made, so that it
+// never holds every Secret of the cluster.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{hooklinev1.ManagedByLabel: hooklinev1.ManagedByValue})},
+	}}
+}

@@ -1,0 +1,154 @@
+// The hookline manager: reconciles WebhookEndpoints, fans WebhookEvents out and sends
+// WebhookDeliveries.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/controllers"
+	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/version"
+)
+
+// options are the manager's flags.
+type options struct {
+	metricsAddr, probeAddr     string
+	metricsSecure, leaderElect bool
+	allowInsecureHTTP          bool
+	allowPrivateNetworks       bool
+	maxConcurrentDeliveries    int
+	retentionSucceeded         time.Duration
+	retentionFailed            time.Duration
+	kubeAPIQPS                 float64
+	kubeAPIBurst               int
+	showVersion                bool
+	leaderElectionNamespace    string
+	leaderElectionID           string
+	zapOpts                    zap.Options
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{zapOpts: zap.Options{Development: false}}
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (\"0\" disables it)")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS with authentication and authorization; false serves plain HTTP (local use)")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes")
+	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader so that only one replica reconciles")
+	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the manager's own)")
+	fs.StringVar(&o.leaderElectionID, "leader-election-id", "hookline.hookline.dev", "name of the leader election Lease")
+	fs.BoolVar(&o.allowInsecureHTTP, "allow-insecure-http", false, "permit http:// endpoint URLs (local development only)")
+	fs.BoolVar(&o.allowPrivateNetworks, "allow-private-networks", false, "permit targets on loopback, private, link-local and metadata addresses")
+	fs.IntVar(&o.maxConcurrentDeliveries, "max-concurrent-deliveries", 64, "attempts in flight across all endpoints")
+	fs.DurationVar(&o.retentionSucceeded, "delivery-retention-succeeded", 24*time.Hour, "delete Succeeded deliveries (and finished events) this long after completion")
+	fs.DurationVar(&o.retentionFailed, "delivery-retention-failed", 168*time.Hour, "delete Failed and Exhausted deliveries this long after completion")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 50, "queries per second to the API server")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.zapOpts.BindFlags(fs)
+	// --kubeconfig is registered on the standard flag set by controller-runtime.
+	if f := flag.CommandLine.Lookup("kubeconfig"); f != nil {
+		fs.Var(f.Value, f.Name, f.Usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.maxConcurrentDeliveries < 1 {
+		return nil, fmt.Errorf("--max-concurrent-deliveries must be at least 1")
+	}
+	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst < 1 {
+		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if err == flag.ErrHelp {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if o.showVersion {
+		fmt.Println("hookline", version.Version)
+		return
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zapOpts)))
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		ctrl.Log.Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o *options) error {
+	log := ctrl.Log.WithName("setup")
+	log.Info("starting hookline", "version", version.Version,
+		"allowInsecureHTTP", o.allowInsecureHTTP, "allowPrivateNetworks", o.allowPrivateNetworks,
+		"maxConcurrentDeliveries", o.maxConcurrentDeliveries)
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(hooklinev1.AddToScheme(scheme))
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
+	cfg.UserAgent = "hookline-manager/" + version.Version
+
+	metricsOpts := metricsserver.Options{
+		BindAddress:   o.metricsAddr,
+		SecureServing: o.metricsSecure,
+		// HTTP/2 is off: it exposes the server to the Rapid Reset and Stream
+		// Cancellation CVEs, and metrics scrapers need nothing from it.
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+	}
+	if o.metricsSecure {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsOpts,
+		HealthProbeBindAddress:  o.probeAddr,
+		LeaderElection:          o.leaderElect,
+		LeaderElectionID:        o.leaderElectionID,
+		LeaderElectionNamespace: o.leaderElectionNamespace,
+		Cache:                   controllers.CacheOptions(),
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if err := controllers.Setup(ctx, mgr, controllers.Config{
+		AllowInsecureHTTP:       o.allowInsecureHTTP,
+		Sender:                  delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent()}),
+		MaxConcurrentDeliveries: o.maxConcurrentDeliveries,
+		Retention:               controllers.Retention{Succeeded: o.retentionSucceeded, Failed: o.retentionFailed},
+	}); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}
