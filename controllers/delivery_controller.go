@@ -158,10 +158,10 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 	st.MessageID = msg.id
 	st.Attempts++
 	st.Signature = signature
-	st.LastAttemptTime = &metav1.Time{Time: now}
+	st.LastAttemptTime = &metav1.MicroTime{Time: now}
 	st.ResponseStatusCode = int32(res.StatusCode)
 	rec := hooklinev1.AttemptRecord{
-		Time: metav1.Time{Time: now}, DurationMs: res.Duration.Milliseconds(),
+		Time: metav1.MicroTime{Time: now}, DurationMs: res.Duration.Milliseconds(),
 		StatusCode: int32(res.StatusCode), Error: res.Error, Response: res.Response,
 	}
 	if res.Outcome == delivery.Blocked {
@@ -196,7 +196,7 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 		} else {
 			next := now.Add(policy.NextDelay(int(st.Attempts), res.RetryAfter, nil))
 			st.Phase = hooklinev1.PhaseRetrying
-			st.NextAttemptTime = &metav1.Time{Time: next}
+			st.NextAttemptTime = &metav1.MicroTime{Time: next}
 			setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionUnknown, hooklinev1.ReasonRetrying,
 				fmt.Sprintf("attempt %d failed (%s); next attempt at %s", st.Attempts, attemptSummary(res), next.UTC().Format(time.RFC3339)))
 		}

@@ -302,10 +302,7 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 	if d.Status.Attempts != 1 || d.Status.CompletionTime == nil {
 		t.Fatalf("exhausted: %+v", d.Status)
 	}
-	d.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"}
-	if err := k8s.Update(ctx, d); err != nil {
-		t.Fatal(err)
-	}
+	d = patched(t, d, func(o *hooklinev1.WebhookDelivery) { o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"} })
 	d = waitDeliveryPhase(t, ns, "direct", hooklinev1.PhaseSucceeded, 10*time.Second)
 	if d.Status.LastHandledRetry != "try-1" || len(recv.got()) != 2 {
 		t.Fatalf("after retry: %+v, %d requests", d.Status, len(recv.got()))
@@ -331,10 +328,7 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 	if ep.Status.DisabledReason != hooklinev1.DisabledEndpointGone {
 		t.Fatalf("disabledReason = %q", ep.Status.DisabledReason)
 	}
-	ep.Annotations = map[string]string{hooklinev1.AnnotationEnable: "now"}
-	if err := k8s.Update(ctx, ep); err != nil {
-		t.Fatal(err)
-	}
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Annotations = map[string]string{hooklinev1.AnnotationEnable: "now"} })
 	ep = waitReady(t, ns, "gone", hooklinev1.ReasonActive)
 	if ep.Status.LastHandledEnable != "now" || ep.Status.DisabledReason != "" {
 		t.Fatalf("after enable: %+v", ep.Status)
@@ -349,10 +343,7 @@ func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := waitReady(t, ns, "p", hooklinev1.ReasonActive)
-	ep.Spec.Paused = true
-	if err := k8s.Update(ctx, ep); err != nil {
-		t.Fatal(err)
-	}
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Spec.Paused = true })
 	waitReady(t, ns, "p", hooklinev1.ReasonPaused)
 	direct := &hooklinev1.WebhookDelivery{
 		ObjectMeta: metav1.ObjectMeta{Name: "waits", Namespace: ns},
@@ -374,10 +365,7 @@ func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
 		t.Fatalf("a paused endpoint received %d requests", n)
 	}
 	ep = getEndpoint(ctx, t, ns, "p")
-	ep.Spec.Paused = false
-	if err := k8s.Update(ctx, ep); err != nil {
-		t.Fatal(err)
-	}
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Spec.Paused = false })
 	waitDeliveryPhase(t, ns, "waits", hooklinev1.PhaseSucceeded, 10*time.Second)
 }
 

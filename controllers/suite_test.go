@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -176,4 +177,26 @@ func getEndpoint(ctx context.Context, t *testing.T, ns, name string) *hooklinev1
 		t.Fatal(err)
 	}
 	return &ep
+}
+
+func fieldsSelector(s string) (client.ListOption, error) {
+	sel, err := fields.ParseSelector(s)
+	if err != nil {
+		return nil, err
+	}
+	return client.MatchingFieldsSelector{Selector: sel}, nil
+}
+
+func inNamespace(ns string) client.ListOption { return client.InNamespace(ns) }
+
+// patched applies mutate to obj and writes it as a merge patch: controllers write
+// status concurrently, so an Update with the resourceVersion we read could conflict.
+func patched[T client.Object](t *testing.T, obj T, mutate func(T)) T {
+	t.Helper()
+	before := obj.DeepCopyObject().(T)
+	mutate(obj)
+	if err := k8s.Patch(context.Background(), obj, client.MergeFrom(before)); err != nil {
+		t.Fatal(err)
+	}
+	return obj
 }

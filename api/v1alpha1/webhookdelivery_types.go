@@ -60,7 +60,7 @@ type WebhookDeliverySpec struct {
 
 // AttemptRecord is one attempt of a delivery.
 type AttemptRecord struct {
-	Time metav1.Time `json:"time"`
+	Time metav1.MicroTime `json:"time"`
 	// +optional
 	DurationMs int64 `json:"durationMs,omitempty"`
 	// +optional
@@ -86,10 +86,11 @@ type WebhookDeliveryStatus struct {
 	Attempts int32 `json:"attempts,omitempty"`
 	// +optional
 	ResponseStatusCode int32 `json:"responseStatusCode,omitempty"`
+	// Attempt times have microseconds: retries can be seconds apart and latency matters.
 	// +optional
-	LastAttemptTime *metav1.Time `json:"lastAttemptTime,omitempty"`
+	LastAttemptTime *metav1.MicroTime `json:"lastAttemptTime,omitempty"`
 	// +optional
-	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
+	NextAttemptTime *metav1.MicroTime `json:"nextAttemptTime,omitempty"`
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 	// Signature is the signature header sent last.
