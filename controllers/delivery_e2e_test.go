@@ -302,7 +302,9 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 	if d.Status.Attempts != 1 || d.Status.CompletionTime == nil {
 		t.Fatalf("exhausted: %+v", d.Status)
 	}
-	d = patched(t, d, func(o *hooklinev1.WebhookDelivery) { o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"} })
+	d = patched(t, d, func(o *hooklinev1.WebhookDelivery) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"}
+	})
 	d = waitDeliveryPhase(t, ns, "direct", hooklinev1.PhaseSucceeded, 10*time.Second)
 	if d.Status.LastHandledRetry != "try-1" || len(recv.got()) != 2 {
 		t.Fatalf("after retry: %+v, %d requests", d.Status, len(recv.got()))
@@ -328,7 +330,9 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 	if ep.Status.DisabledReason != hooklinev1.DisabledEndpointGone {
 		t.Fatalf("disabledReason = %q", ep.Status.DisabledReason)
 	}
-	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Annotations = map[string]string{hooklinev1.AnnotationEnable: "now"} })
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationEnable: "now"}
+	})
 	ep = waitReady(t, ns, "gone", hooklinev1.ReasonActive)
 	if ep.Status.LastHandledEnable != "now" || ep.Status.DisabledReason != "" {
 		t.Fatalf("after enable: %+v", ep.Status)

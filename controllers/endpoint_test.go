@@ -183,7 +183,9 @@ func TestSendTestAnnotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := waitReady(t, ns, "t", hooklinev1.ReasonActive)
-	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Annotations = map[string]string{hooklinev1.AnnotationSendTest: "1"} })
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationSendTest: "1"}
+	})
 	waitDeliveryPhase(t, ns, deliveryName("t-test", "1"), hooklinev1.PhaseSucceeded, 10*time.Second)
 	if reqs := recv.got(); len(reqs) != 1 || !strings.Contains(string(reqs[0].body), `"type":"hookline.test"`) {
 		t.Fatalf("requests: %d", len(reqs))
