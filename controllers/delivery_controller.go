@@ -139,15 +139,15 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 		r.fail(d, hooklinev1.ReasonBadPayload, err.Error())
 		return delivery.Result{Outcome: delivery.Invalid}, nil
 	}
-	_, material, err := loadSigningMaterial(ctx, r.Secrets, ep)
+	keys, err := loadSigningKeys(ctx, r.Client, ep, now)
 	var problem *secretProblem
 	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
-		return delivery.Result{}, &errWait{fmt.Sprintf("the signing Secret %s of WebhookEndpoint %s is missing or invalid", ep.SigningSecretName(), ep.Name)}
+		return delivery.Result{}, &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
 	}
 	if err != nil {
 		return delivery.Result{}, err
 	}
-	req, signature, err := buildRequest(ctx, r.Secrets, ep, msg, material.keys, now)
+	req, signature, err := buildRequest(ctx, r.Secrets, ep, msg, keys, now)
 	if err != nil {
 		return delivery.Result{}, err
 	}

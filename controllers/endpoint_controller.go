@@ -2,10 +2,10 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -50,7 +50,7 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	st := &ep.Status
 	st.ObservedGeneration = ep.Generation
 
-	ready, err := r.evaluate(ctx, &ep)
+	ready, err := r.evaluate(ctx, &ep, time.Now())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -67,7 +67,7 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: ready.requeueAfter}, nil
 }
 
 // readiness is the computed Ready condition.
@@ -76,6 +76,9 @@ type readiness struct {
 	reason  string
 	message string
 	stalled bool // only a user can fix it
+	// requeueAfter is when the endpoint must be looked at again without any change
+	// (a grace period ends, a user's Secret is due a re-read).
+	requeueAfter time.Duration
 }
 
 func notReady(reason, message string) readiness {
@@ -83,7 +86,7 @@ func notReady(reason, message string) readiness {
 }
 
 // evaluate runs the checks in order; the first that fails decides the condition.
-func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (readiness, error) {
+func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.WebhookEndpoint, now time.Time) (readiness, error) {
 	normalized, err := urlkey.Normalize(ep.Spec.URL)
 	if err != nil {
 		return notReady(hooklinev1.ReasonInvalidSpec, fmt.Sprintf("spec.url: %v", err)), nil
@@ -99,11 +102,21 @@ func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.Webhoo
 		return notReady(hooklinev1.ReasonDuplicateURL,
 			fmt.Sprintf("WebhookEndpoint %s already holds the URL %s in this namespace; this endpoint receives nothing until that one is deleted or changes its URL", owner, normalized)), nil
 	}
-	if problem, err := r.ensureSigningSecret(ctx, ep); err != nil {
+	secrets, err := r.ensureSigningSecret(ctx, ep, now)
+	if err != nil {
 		return readiness{}, err
-	} else if problem != "" {
-		return notReady(hooklinev1.ReasonSecretInvalid, problem), nil
 	}
+	if secrets.problem != "" {
+		return notReady(hooklinev1.ReasonSecretInvalid, secrets.problem), nil
+	}
+	ready, err := r.evaluateDelivering(ctx, ep)
+	ready.requeueAfter = secrets.requeueAfter
+	return ready, err
+}
+
+// evaluateDelivering decides between Disabled, Paused and Active, once the URL and
+// the secrets are in order.
+func (r *EndpointReconciler) evaluateDelivering(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (readiness, error) {
 	if problem, err := r.checkHeaderSecrets(ctx, ep); err != nil {
 		return readiness{}, err
 	} else if problem != "" {
@@ -157,50 +170,6 @@ func (r *EndpointReconciler) urlOwner(ctx context.Context, ep *hooklinev1.Webhoo
 	return candidates[0].Name, nil
 }
 
-// ensureSigningSecret creates the endpoint's Secret when none exists, replaces a
-// managed secret of the wrong algorithm, and records the hint and public key. It
-// returns a problem for the user, or an error to retry.
-func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (string, error) {
-	st := &ep.Status
-	st.SecretName = ep.SigningSecretName()
-	secret, m, err := loadSigningMaterial(ctx, r.Secrets, ep)
-	if apierrors.IsNotFound(err) {
-		secret, err = newSigningSecret(ep)
-		if err != nil {
-			return "", err
-		}
-		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
-			return "", err
-		}
-		if err := r.Create(ctx, secret); err != nil {
-			return "", err // AlreadyExists included: the next reconcile reads it
-		}
-		m, err = materialFromSecret(secret, ep)
-	}
-	var problem *secretProblem
-	if errors.As(err, &problem) && !m.userManaged && secret != nil {
-		// Our own Secret, unusable for the spec (e.g. the algorithm changed): replace it.
-		fresh, genErr := newSigningSecret(ep)
-		if genErr != nil {
-			return "", genErr
-		}
-		secret.Data = fresh.Data
-		if err := r.Update(ctx, secret); err != nil {
-			return "", err
-		}
-		m, err = materialFromSecret(secret, ep)
-	}
-	if errors.As(err, &problem) {
-		st.SecretHint, st.PublicKey, st.PublicKeyID = "", "", ""
-		return problem.msg, nil
-	}
-	if err != nil {
-		return "", err
-	}
-	st.SecretHint, st.PublicKey, st.PublicKeyID = m.hint, m.publicKey, m.keyID
-	return "", nil
-}
-
 // checkHeaderSecrets reports the first header whose Secret or key is missing.
 func (r *EndpointReconciler) checkHeaderSecrets(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (string, error) {
 	for _, h := range ep.Spec.Headers {
@@ -225,19 +194,25 @@ func (r *EndpointReconciler) checkHeaderSecrets(ctx context.Context, ep *hooklin
 // handleEnable acts on a new hookline.dev/enable token: a disabled endpoint is enabled
 // again with a clean failure record.
 func (r *EndpointReconciler) handleEnable(ep *hooklinev1.WebhookEndpoint) {
-	token := ep.Annotations[hooklinev1.AnnotationEnable]
-	if token == "" || token == ep.Status.LastHandledEnable {
-		return
-	}
 	st := &ep.Status
-	st.LastHandledEnable = token
-	if st.DisabledReason == "" {
+	why := ""
+	if token := ep.Annotations[hooklinev1.AnnotationEnable]; token != "" && token != st.LastHandledEnable {
+		st.LastHandledEnable = token
+		why = "the " + hooklinev1.AnnotationEnable + " annotation"
+	}
+	// Any change of the spec after the endpoint was disabled (a fixed URL, say) is taken
+	// as the user's answer too.
+	if ready := meta.FindStatusCondition(st.Conditions, hooklinev1.ConditionReady); why == "" && st.DisabledReason != "" &&
+		ready != nil && ready.Reason == hooklinev1.ReasonDisabled && ready.ObservedGeneration < ep.Generation {
+		why = "a change of its spec"
+	}
+	if why == "" || st.DisabledReason == "" {
 		return
 	}
 	st.DisabledReason = ""
 	st.ConsecutiveFailures = 0
 	st.FailingSince = nil
-	r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "Enabled", "Enable", "enabled again by the %s annotation", hooklinev1.AnnotationEnable)
+	r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "Enabled", "Enable", "enabled again by %s", why)
 }
 
 // handleSendTest acts on a new hookline.dev/send-test token: one delivery of type

@@ -59,7 +59,7 @@ func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
 	if err := k8s.Create(ctx, ep); err != nil {
 		t.Fatal(err)
 	}
-	got, err := r.evaluate(ctx, ep)
+	got, err := r.evaluate(ctx, ep, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

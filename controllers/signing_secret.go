@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -41,15 +42,6 @@ type secretProblem struct{ msg string }
 
 func (p *secretProblem) Error() string { return p.msg }
 
-// signingMaterial is what an endpoint signs with.
-type signingMaterial struct {
-	keys        []signing.Key // current first
-	hint        string
-	publicKey   string
-	keyID       string
-	userManaged bool
-}
-
 func wantAlgorithm(ep *hooklinev1.WebhookEndpoint) signing.Algorithm {
 	if ep.SigningAlgorithm() == hooklinev1.AlgorithmEd25519 {
 		return signing.Ed25519
@@ -57,59 +49,34 @@ func wantAlgorithm(ep *hooklinev1.WebhookEndpoint) signing.Algorithm {
 	return signing.HMACSHA256
 }
 
-// loadSigningMaterial reads and checks the endpoint's signing Secret.
-func loadSigningMaterial(ctx context.Context, secrets SecretReader, ep *hooklinev1.WebhookEndpoint) (*corev1.Secret, signingMaterial, error) {
-	name := ep.SigningSecretName()
-	secret, err := secrets.Get(ctx, ep.Namespace, name)
-	if err != nil {
-		return nil, signingMaterial{}, err
-	}
-	m, err := materialFromSecret(secret, ep)
-	return secret, m, err
-}
-
-func materialFromSecret(secret *corev1.Secret, ep *hooklinev1.WebhookEndpoint) (signingMaterial, error) {
-	m := signingMaterial{userManaged: !metav1.IsControlledBy(secret, ep)}
+// currentKey reads and checks the value of the signing Secret.
+func currentKey(secret *corev1.Secret, ep *hooklinev1.WebhookEndpoint) (signing.Key, string, error) {
 	raw, ok := secret.Data[hooklinev1.SecretKeySigningSecret]
 	if !ok || len(raw) == 0 {
-		return m, &secretProblem{fmt.Sprintf("Secret %s has no key %q", secret.Name, hooklinev1.SecretKeySigningSecret)}
+		return signing.Key{}, "", &secretProblem{fmt.Sprintf("Secret %s has no key %q", secret.Name, hooklinev1.SecretKeySigningSecret)}
 	}
 	key, err := signing.ParseSecret(string(raw))
 	if err != nil {
-		return m, &secretProblem{fmt.Sprintf("Secret %s key %q: %v", secret.Name, hooklinev1.SecretKeySigningSecret, err)}
+		return signing.Key{}, "", &secretProblem{fmt.Sprintf("Secret %s key %q: %v", secret.Name, hooklinev1.SecretKeySigningSecret, err)}
 	}
 	if key.Algorithm() != wantAlgorithm(ep) {
-		return m, &secretProblem{fmt.Sprintf("Secret %s holds a %s secret but the endpoint signs with %s (whsec_ is HMAC-SHA256, whsk_ is Ed25519)",
+		return signing.Key{}, "", &secretProblem{fmt.Sprintf("Secret %s holds a %s secret but the endpoint signs with %s (whsec_ is HMAC-SHA256, whsk_ is Ed25519)",
 			secret.Name, key.Algorithm(), ep.SigningAlgorithm())}
 	}
-	m.keys = []signing.Key{key}
-	m.hint = key.Hint()
-	if pub := key.PublicKey(); pub != nil {
-		m.publicKey = signing.FormatPublicKey(pub)
-		m.keyID = signing.KeyID(pub)
-	}
-	return m, nil
+	return key, string(raw), nil
 }
 
-// newSigningSecret builds the Secret the manager creates and owns for an endpoint.
-func newSigningSecret(ep *hooklinev1.WebhookEndpoint) (*corev1.Secret, error) {
+// newSigningSecretData generates the data of a managed signing Secret.
+func newSigningSecretData(ep *hooklinev1.WebhookEndpoint) (map[string][]byte, error) {
 	secretText, public, err := signing.NewSecret(wantAlgorithm(ep))
 	if err != nil {
 		return nil, err
 	}
-	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      ep.SigningSecretName(),
-			Namespace: ep.Namespace,
-			Labels:    managedLabels(ep),
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(secretText)},
-	}
+	data := map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(secretText)}
 	if public != "" {
-		s.Data[hooklinev1.SecretKeyPublicKey] = []byte(public)
+		data[hooklinev1.SecretKeyPublicKey] = []byte(public)
 	}
-	return s, nil
+	return data, nil
 }
 
 func managedLabels(ep *hooklinev1.WebhookEndpoint) map[string]string {
@@ -118,4 +85,41 @@ func managedLabels(ep *hooklinev1.WebhookEndpoint) map[string]string {
 		labels[hooklinev1.EndpointLabel] = ep.Name
 	}
 	return labels
+}
+
+func newManagedSecret(ep *hooklinev1.WebhookEndpoint, name string, data map[string][]byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ep.Namespace, Labels: managedLabels(ep)},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       data,
+	}
+}
+
+// loadSigningKeys returns the keys that sign the endpoint's requests now, current first,
+// from the keyring the endpoint controller keeps (always in the cache).
+func loadSigningKeys(ctx context.Context, c client.Reader, ep *hooklinev1.WebhookEndpoint, now time.Time) ([]signing.Key, error) {
+	var s corev1.Secret
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: keyringName(ep)}, &s); err != nil {
+		return nil, err
+	}
+	if !metav1.IsControlledBy(&s, ep) {
+		return nil, &secretProblem{fmt.Sprintf("Secret %s is not the keyring of this endpoint", s.Name)}
+	}
+	kr, err := decodeKeyring(&s)
+	if err != nil {
+		return nil, &secretProblem{err.Error()}
+	}
+	want := wantAlgorithm(ep)
+	var keys []signing.Key
+	for _, v := range kr.signingValues(now) {
+		k, err := signing.ParseSecret(v)
+		if err != nil || k.Algorithm() != want {
+			continue // a secret of the algorithm the endpoint used before cannot sign now
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, &secretProblem{"no usable signing secret yet"}
+	}
+	return keys, nil
 }

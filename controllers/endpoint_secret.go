@@ -1,0 +1,179 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/signing"
+)
+
+// userSecretRecheck is how often a user-managed signing Secret (not in the manager's
+// cache, so not watched) is read again to notice a new value.
+const userSecretRecheck = time.Minute
+
+// rotatedForAnnotation on a managed signing Secret is the rotate-secret token its
+// value answers.
+const rotatedForAnnotation = "hookline.dev/rotated-for"
+
+// ConditionSecretRotation reports a rotation request that could not be acted on.
+const ConditionSecretRotation = "SecretRotation"
+
+// secretOutcome is what ensureSigningSecret found.
+type secretOutcome struct {
+	problem      string        // for the user: Ready=False SecretInvalid
+	requeueAfter time.Duration // a grace period ends, or a user's Secret is due a re-read
+}
+
+// ensureSigningSecret creates the managed signing Secret, rotates it on a new token,
+// notices a new value of a user's Secret, and keeps the keyring (current and previous
+// secrets) and the status that describes it true.
+func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hooklinev1.WebhookEndpoint, now time.Time) (secretOutcome, error) {
+	st := &ep.Status
+	st.SecretName = ep.SigningSecretName()
+	token := ep.Annotations[hooklinev1.AnnotationRotateSecret]
+	wantsRotation := token != "" && token != st.LastHandledRotateSecret
+
+	secret, err := r.Secrets.Get(ctx, ep.Namespace, st.SecretName)
+	switch {
+	case apierrors.IsNotFound(err):
+		data, err := newSigningSecretData(ep)
+		if err != nil {
+			return secretOutcome{}, err
+		}
+		secret = newManagedSecret(ep, st.SecretName, data)
+		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
+			return secretOutcome{}, err
+		}
+		if err := r.Create(ctx, secret); err != nil {
+			return secretOutcome{}, err // AlreadyExists included: the next reconcile reads it
+		}
+		st.LastHandledRotateSecret = token // a fresh secret answers any pending request
+		wantsRotation = false
+	case err != nil:
+		return secretOutcome{}, err
+	}
+	userManaged := !metav1.IsControlledBy(secret, ep)
+
+	_, value, err := currentKey(secret, ep)
+	var problem *secretProblem
+	switch {
+	case errors.As(err, &problem) && userManaged:
+		st.SecretHint, st.PublicKey, st.PublicKeyID = "", "", ""
+		return secretOutcome{problem: problem.msg}, nil
+	case errors.As(err, &problem):
+		wantsRotation = true // our own Secret no longer fits the spec (the algorithm changed): replace it
+	case err != nil:
+		return secretOutcome{}, err
+	}
+
+	if wantsRotation {
+		if userManaged {
+			st.LastHandledRotateSecret = token
+			msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
+				hooklinev1.AnnotationRotateSecret, secret.Name)
+			setCondition(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg)
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
+		} else if token == "" || secret.Annotations[rotatedForAnnotation] != token {
+			// The token is written with the new value, and the write carries the
+			// resourceVersion read: a reconcile working from a stale cache cannot
+			// rotate twice for one token.
+			data, err := newSigningSecretData(ep)
+			if err != nil {
+				return secretOutcome{}, err
+			}
+			secret.Data = data
+			if token != "" {
+				metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, token)
+			}
+			if err := r.Update(ctx, secret); err != nil {
+				return secretOutcome{}, err
+			}
+			if _, value, err = currentKey(secret, ep); err != nil {
+				return secretOutcome{}, err
+			}
+			if token != "" && token != st.LastHandledRotateSecret {
+				st.LastHandledRotateSecret = token
+			}
+			setCondition(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
+				fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()))
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
+				"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
+		} else {
+			st.LastHandledRotateSecret = token // rotated already; the status write was lost
+		}
+	}
+
+	kr, changed, err := r.syncKeyring(ctx, ep, value, now)
+	if errors.As(err, &problem) {
+		return secretOutcome{problem: problem.msg}, nil
+	}
+	if err != nil {
+		return secretOutcome{}, err
+	}
+	if changed {
+		st.LastRotationTime = &metav1.Time{Time: now}
+		if userManaged && changed {
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretChanged", "RotateSecret",
+				"Secret %s has a new value; the previous one keeps signing for %s", secret.Name, ep.RotationGracePeriod())
+		}
+	}
+	key, _ := signing.ParseSecret(value)
+	st.SecretHint = key.Hint()
+	st.PublicKey, st.PublicKeyID = "", ""
+	if pub := key.PublicKey(); pub != nil {
+		st.PublicKey, st.PublicKeyID = signing.FormatPublicKey(pub), signing.KeyID(pub)
+	}
+	st.PreviousSecretsExpireAt = kr.expiresAt()
+
+	var out secretOutcome
+	if next, ok := kr.nextExpiry(); ok {
+		out.requeueAfter = max(next.Sub(now), time.Second)
+	}
+	if userManaged && (out.requeueAfter == 0 || out.requeueAfter > userSecretRecheck) {
+		out.requeueAfter = userSecretRecheck
+	}
+	return out, nil
+}
+
+// syncKeyring records the current value in the keyring: a value not seen before moves
+// the old one to the previous secrets for the grace period; expired ones are dropped.
+// It reports whether the current value changed.
+func (r *EndpointReconciler) syncKeyring(ctx context.Context, ep *hooklinev1.WebhookEndpoint, value string, now time.Time) (keyring, bool, error) {
+	name := keyringName(ep)
+	secret, err := r.Secrets.Get(ctx, ep.Namespace, name)
+	if apierrors.IsNotFound(err) {
+		kr := keyring{current: value}
+		secret = newManagedSecret(ep, name, kr.encode())
+		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
+			return keyring{}, false, err
+		}
+		return kr, false, r.Create(ctx, secret)
+	}
+	if err != nil {
+		return keyring{}, false, err
+	}
+	if !metav1.IsControlledBy(secret, ep) {
+		return keyring{}, false, &secretProblem{fmt.Sprintf("Secret %s exists and is not owned by this endpoint; hookline keeps the endpoint's previous signing secrets under that name: rename or delete it", name)}
+	}
+	kr, err := decodeKeyring(secret)
+	if err != nil {
+		return keyring{}, false, &secretProblem{err.Error()}
+	}
+	changed := kr.observe(value, ep.RotationGracePeriod(), now)
+	pruned := kr.prune(now)
+	if changed || pruned {
+		secret.Data = kr.encode()
+		if err := r.Update(ctx, secret); err != nil {
+			return keyring{}, false, err
+		}
+	}
+	return kr, changed, nil
+}
