@@ -203,7 +203,9 @@ func TestSecretsNeverReachEventsOrStatus(t *testing.T) {
 	}
 	ep = waitReady(t, ns, "leak", hooklinev1.ReasonActive)
 	before := secretValue(ctx, t, ns, "leak-signing-secret")
-	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: "x"} })
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: "x"}
+	})
 	eventually(t, 10*time.Second, "rotated", func(ctx context.Context) (bool, string, error) {
 		ep = getEndpoint(ctx, t, ns, "leak")
 		return ep.Status.LastHandledRotateSecret == "x", "", nil
