@@ -107,6 +107,9 @@ func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
 	}
 
 	d := waitDeliveryPhase(t, ns, deliveryName(ev.Name, ep.Name), hooklinev1.PhaseSucceeded, 10*time.Second)
+	if he, hd := argoHealth(t, &got), argoHealth(t, d); he != "Healthy" || hd != "Healthy" {
+		t.Fatalf("Argo CD health of the event %s, of the delivery %s; want Healthy", he, hd)
+	}
 	if d.Spec.Payload != nil || d.Spec.EventRef == nil || d.Spec.EventRef.Name != ev.Name {
 		t.Fatalf("a fanned-out delivery refers to its event instead of copying the payload: %+v", d.Spec)
 	}
@@ -299,7 +302,7 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := waitDeliveryPhase(t, ns, "direct", hooklinev1.PhaseExhausted, 10*time.Second)
-	if d.Status.Attempts != 1 || d.Status.CompletionTime == nil {
+	if d.Status.Attempts != 1 || d.Status.CompletionTime == nil || argoHealth(t, d) != "Degraded" {
 		t.Fatalf("exhausted: %+v", d.Status)
 	}
 	d = patched(t, d, func(o *hooklinev1.WebhookDelivery) {

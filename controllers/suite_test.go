@@ -160,7 +160,9 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx 
 	last := ""
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		ok, state, err := cond(ctx)
-		last = state
+		if state != "" {
+			last = state
+		}
 		return ok, err
 	})
 	if err != nil {
