@@ -33,6 +33,8 @@ type EndpointReconciler struct {
 	Secrets           SecretReader
 	Recorder          eventRecorder
 	AllowInsecureHTTP bool
+	// UserSecretPoll is how often a missing or invalid user Secret is read again.
+	UserSecretPoll time.Duration
 }
 
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints,verbs=get;list;watch
@@ -107,11 +109,26 @@ func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.Webhoo
 		return readiness{}, err
 	}
 	if secrets.problem != "" {
-		return notReady(hooklinev1.ReasonSecretInvalid, secrets.problem), nil
+		return r.secretInvalid(secrets.problem), nil
 	}
 	ready, err := r.evaluateDelivering(ctx, ep)
-	ready.requeueAfter = secrets.requeueAfter
+	if ready.requeueAfter == 0 {
+		ready.requeueAfter = secrets.requeueAfter
+	}
 	return ready, err
+}
+
+// DefaultUserSecretPoll is how often an endpoint waiting for a user's Secret (not
+// cached, so not watched) looks again.
+const DefaultUserSecretPoll = 30 * time.Second
+
+func (r *EndpointReconciler) secretInvalid(problem string) readiness {
+	ready := notReady(hooklinev1.ReasonSecretInvalid, problem)
+	ready.requeueAfter = r.UserSecretPoll
+	if ready.requeueAfter <= 0 {
+		ready.requeueAfter = DefaultUserSecretPoll
+	}
+	return ready
 }
 
 // evaluateDelivering decides between Disabled, Paused and Active, once the URL and
@@ -120,7 +137,7 @@ func (r *EndpointReconciler) evaluateDelivering(ctx context.Context, ep *hooklin
 	if problem, err := r.checkHeaderSecrets(ctx, ep); err != nil {
 		return readiness{}, err
 	} else if problem != "" {
-		return notReady(hooklinev1.ReasonSecretInvalid, problem), nil
+		return r.secretInvalid(problem), nil
 	}
 	r.handleEnable(ep)
 	if ep.Disabled() {

@@ -49,6 +49,10 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			return secretOutcome{}, err
 		}
 		secret = newManagedSecret(ep, st.SecretName, data)
+		if token != "" {
+			// A fresh secret answers the token present at creation.
+			metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, token)
+		}
 		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
 			return secretOutcome{}, err
 		}

@@ -30,6 +30,12 @@ func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := waitReady(t, ns, "second", hooklinev1.ReasonDuplicateURL)
+	// The URL is a selectable field: kubectl get whe --field-selector spec.url=…
+	var byURL hooklinev1.WebhookEndpointList
+	sel, _ := fieldsSelector("spec.url=https://hooks.example.com/orders")
+	if err := k8s.List(ctx, &byURL, sel, inNamespace(ns)); err != nil || len(byURL.Items) != 1 || byURL.Items[0].Name != "first" {
+		t.Fatalf("field selector spec.url: %v, %d items", err, len(byURL.Items))
+	}
 	ready := meta.FindStatusCondition(second.Status.Conditions, hooklinev1.ConditionReady)
 	stalled := meta.FindStatusCondition(second.Status.Conditions, hooklinev1.ConditionStalled)
 	if !strings.Contains(ready.Message, "WebhookEndpoint first") || stalled == nil || stalled.Status != metav1.ConditionTrue {
@@ -120,6 +126,12 @@ func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
 	if msg := meta.FindStatusCondition(hdr.Status.Conditions, hooklinev1.ConditionReady).Message; !strings.Contains(msg, "Secret acme-auth not found") {
 		t.Fatalf("message: %q", msg)
 	}
+	// When it appears, the endpoint notices by itself.
+	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "acme-auth", Namespace: ns},
+		Data: map[string][]byte{"token": []byte("Bearer abc")}}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, ns, "hdr", hooklinev1.ReasonActive)
 }
 
 func TestSchemesOnTheWire(t *testing.T) {

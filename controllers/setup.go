@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -20,6 +21,9 @@ type Config struct {
 	Sender                  *delivery.Client
 	MaxConcurrentDeliveries int
 	Retention               Retention
+	// UserSecretPoll is how often a missing or invalid user Secret is read again
+	// (DefaultUserSecretPoll when zero).
+	UserSecretPoll time.Duration
 }
 
 // Setup registers the field indexes and the three reconcilers with mgr.
@@ -33,6 +37,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Secrets:           secrets,
 		Recorder:          mgr.GetEventRecorder("hookline"),
 		AllowInsecureHTTP: cfg.AllowInsecureHTTP,
+		UserSecretPoll:    cfg.UserSecretPoll,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("endpoint controller: %w", err)
 	}

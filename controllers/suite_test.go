@@ -119,6 +119,7 @@ func runSuite(m *testing.M) int {
 		Sender:                  delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"}),
 		MaxConcurrentDeliveries: 8,
 		Retention:               Retention{Succeeded: time.Hour, Failed: time.Hour},
+		UserSecretPoll:          time.Second,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
