@@ -56,6 +56,7 @@ type WebhookEndpointSpec struct {
 
 	// Paused stops new deliveries from being enqueued; pending retries wait until unpaused.
 	// +optional
+	// +kubebuilder:default=false
 	Paused bool `json:"paused,omitempty"`
 
 	// Metadata is free key/value data kept with the endpoint.

@@ -180,10 +180,12 @@ func run(ctx context.Context, managerBin, crdDir, sampleDir string) error {
 	if err := waitAllFinished(ctx, c, 1+len(events)); err != nil {
 		return err
 	}
-	if err := printDeliveries(ctx, c); err != nil {
-		return err
+	for _, resource := range []string{"webhookendpoints", "webhookevents", "webhookdeliveries"} {
+		if err := printTable(ctx, cfg, resource); err != nil {
+			return err
+		}
 	}
-	if err := printEvents(ctx, c); err != nil {
+	if err := printHistories(ctx, c); err != nil {
 		return err
 	}
 
@@ -268,55 +270,32 @@ func waitAllFinished(ctx context.Context, c client.Client, want int) error {
 				return false, nil
 			}
 		}
+		var events hooklinev1.WebhookEventList
+		if err := c.List(ctx, &events, client.InNamespace(namespace)); err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if !meta.IsStatusConditionTrue(e.Status.Conditions, hooklinev1.ConditionComplete) {
+				return false, nil
+			}
+		}
 		return true, nil
 	})
 }
 
-func printDeliveries(ctx context.Context, c client.Client) error {
+// printHistories shows the attempts of deliveries that needed more than one.
+func printHistories(ctx context.Context, c client.Client) error {
 	var list hooklinev1.WebhookDeliveryList
 	if err := c.List(ctx, &list, client.InNamespace(namespace)); err != nil {
 		return err
 	}
-	fmt.Println("\n    kubectl get webhookdeliveries -n", namespace)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "    NAME\tENDPOINT\tTYPE\tPHASE\tATTEMPTS\tCODE\tSIGNATURE")
-	for _, d := range list.Items {
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, d.Spec.EndpointRef.Name, d.Spec.EventType,
-			d.Status.Phase, d.Status.Attempts, d.Status.ResponseStatusCode, abbreviate(d.Status.Signature, 24))
-	}
-	_ = tw.Flush()
 	for _, d := range list.Items {
 		if len(d.Status.History) > 1 {
-			h, _ := json.Marshal(d.Status.History)
-			fmt.Printf("\n    history of %s: %s\n", d.Name, h)
+			h, _ := json.MarshalIndent(d.Status.History, "    ", "  ")
+			fmt.Printf("\n    status.history of %s:\n    %s\n", d.Name, h)
 		}
 	}
 	return nil
-}
-
-func printEvents(ctx context.Context, c client.Client) error {
-	var list hooklinev1.WebhookEventList
-	if err := c.List(ctx, &list, client.InNamespace(namespace)); err != nil {
-		return err
-	}
-	fmt.Println("\n    kubectl get webhookevents -n", namespace)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "    NAME\tTYPE\tDELIVERIES\tSUCCEEDED\tCOMPLETE")
-	for _, e := range list.Items {
-		reason := ""
-		if cond := meta.FindStatusCondition(e.Status.Conditions, hooklinev1.ConditionComplete); cond != nil {
-			reason = cond.Reason
-		}
-		fmt.Fprintf(tw, "    %s\t%s\t%d\t%d\t%s\n", e.Name, e.Spec.Type, e.Status.Deliveries.Total, e.Status.Deliveries.Succeeded, reason)
-	}
-	return tw.Flush()
-}
-
-func abbreviate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
 }
 
 // stopProcess asks the manager to stop and waits for it.
