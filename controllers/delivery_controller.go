@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,13 +19,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/throttle"
 )
 
 // historyLimit is how many attempts a delivery's status keeps.
@@ -37,6 +44,12 @@ type DeliveryReconciler struct {
 	Sender        *delivery.Client
 	Retention     Retention
 	MaxConcurrent int
+	Recorder      eventRecorder
+
+	// throttle enforces the endpoints' rateLimit; wakeups carries the deliveries it
+	// wakes when an in-flight slot frees up.
+	throttle *throttle.Throttle
+	wakeups  chan event.GenericEvent
 
 	// attempted remembers, per delivery, how many attempts this process has recorded,
 	// so that a reconcile reading a cache that has not caught up with our own write yet
@@ -102,7 +115,16 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, r.patchStatus(ctx, before, &d)
 	}
 
-	result, err := r.attempt(ctx, &d, ep, now)
+	admission := r.throttle.Acquire(ep.Namespace+"/"+ep.Name, req.String(), rateLimits(ep), now)
+	if !admission.Admitted() {
+		if admission.RetryAfter > 0 {
+			return ctrl.Result{RequeueAfter: admission.RetryAfter}, r.patchStatus(ctx, before, &d)
+		}
+		// Woken when a request of the endpoint finishes; the requeue is a safety net.
+		return ctrl.Result{RequeueAfter: inFlightSafetyRequeue}, r.patchStatus(ctx, before, &d)
+	}
+	result, err := r.attempt(ctx, &d, ep, now, admission.Release)
+	admission.Release()
 	var wait *errWait
 	switch {
 	case errors.As(err, &wait):
@@ -125,7 +147,7 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 }
 
 // attempt sends the message once and records the result in d's status.
-func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookDelivery, ep *hooklinev1.WebhookEndpoint, now time.Time) (delivery.Result, error) {
+func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookDelivery, ep *hooklinev1.WebhookEndpoint, now time.Time, done func()) (delivery.Result, error) {
 	st := &d.Status
 	msg, err := loadMessage(ctx, r.Client, d)
 	if apierrors.IsNotFound(err) {
@@ -153,6 +175,7 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 	}
 
 	res := r.Sender.Send(ctx, req)
+	done() // the endpoint's in-flight slot is free once the receiver has answered
 	observeAttempt(res)
 
 	st.MessageID = msg.id
@@ -252,7 +275,8 @@ func (r *DeliveryReconciler) finished(ctx context.Context, before, d *hooklinev1
 	// Fanned-out deliveries go with their event (owner reference); direct ones alone.
 	if d.Spec.EventRef == nil && d.Status.CompletionTime != nil {
 		if left := r.retentionLeft(d); left <= 0 {
-			return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, d))
+			// The UID precondition: never delete a new object of the same name.
+			return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, d, client.Preconditions{UID: &d.UID}))
 		}
 	}
 	return r.finishedResult(d), nil
@@ -288,6 +312,13 @@ func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklin
 	}
 	if !before.Status.Phase.Finished() && d.Status.Phase.Finished() {
 		observeCompleted(d.Status.Phase)
+		if d.Status.Phase != hooklinev1.PhaseSucceeded && r.Recorder != nil {
+			msg := ""
+			if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c != nil {
+				msg = c.Message
+			}
+			r.Recorder.Eventf(d, nil, corev1.EventTypeWarning, string(d.Status.Phase), "Deliver", "%s", msg)
+		}
 	}
 	return nil
 }
@@ -311,13 +342,43 @@ func (r *DeliveryReconciler) endpoint(ctx context.Context, d *hooklinev1.Webhook
 // SetupWithManager watches deliveries, and endpoints whose gate (paused, disabled,
 // ready) changed, to bring their waiting deliveries back.
 func (r *DeliveryReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.wakeups = make(chan event.GenericEvent, 1024)
+	r.throttle = throttle.New(r.wake)
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&hooklinev1.WebhookDelivery{}).
+		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).
 		Watches(&hooklinev1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(r.endpointDeliveries),
 			builder.WithPredicates(deliveryGateChanged())).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
 		Named("webhookdelivery").
 		Complete(r)
+}
+
+// wake enqueues a delivery ("namespace/name") whose endpoint has a free in-flight slot.
+func (r *DeliveryReconciler) wake(caller string) {
+	ns, name, _ := strings.Cut(caller, "/")
+	d := &hooklinev1.WebhookDelivery{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	select {
+	case r.wakeups <- event.GenericEvent{Object: d}:
+	default: // full: the safety requeue brings it back
+	}
+}
+
+// inFlightSafetyRequeue brings back a delivery waiting for an in-flight slot in case
+// its wakeup was lost.
+const inFlightSafetyRequeue = 30 * time.Second
+
+func rateLimits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
+	var lim throttle.Limits
+	if rl := ep.Spec.RateLimit; rl != nil {
+		if rl.PerSecond != nil {
+			lim.PerSecond = int(*rl.PerSecond)
+		}
+		if rl.MaxInFlight != nil {
+			lim.MaxInFlight = int(*rl.MaxInFlight)
+		}
+	}
+	return lim
 }
 
 // endpointDeliveries maps an endpoint to its unfinished deliveries.

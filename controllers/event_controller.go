@@ -47,7 +47,8 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if expired, wait := r.retentionLeft(&ev); expired {
-		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.PropagationPolicy(metav1.DeletePropagationBackground)))
+		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID},
+			client.PropagationPolicy(metav1.DeletePropagationBackground)))
 	} else if wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}

@@ -51,6 +51,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Sender:        cfg.Sender,
 		Retention:     cfg.Retention,
 		MaxConcurrent: cfg.MaxConcurrentDeliveries,
+		Recorder:      mgr.GetEventRecorder("hookline"),
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}

@@ -19,7 +19,9 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -103,28 +105,61 @@ func runSuite(m *testing.M) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 testScheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  CacheOptions(),
-	})
+	// The shared manager leaves the reserved namespaces to tests that run a manager of
+	// their own (other flags, a crash and restart).
+	stop, err := startManager(ctx, cfg, testConfig(), cache.Config{FieldSelector: notReservedNamespaces()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// Receivers are httptest servers on loopback over plain HTTP.
-	err = Setup(ctx, mgr, Config{
+	code := m.Run()
+	cancel()
+	stop()
+	return code
+}
+
+// reservedNamespaces are watched only by the managers tests start themselves.
+var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4"}
+
+func notReservedNamespaces() fields.Selector {
+	var sels []fields.Selector
+	for _, ns := range reservedNamespaces {
+		sels = append(sels, fields.OneTermNotEqualSelector("metadata.namespace", ns))
+	}
+	return fields.AndSelectors(sels...)
+}
+
+// testConfig is the shared manager's configuration. Receivers are httptest servers on
+// loopback over plain HTTP.
+func testConfig() Config {
+	return Config{
 		AllowInsecureHTTP:       true,
 		Sender:                  delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"}),
 		MaxConcurrentDeliveries: 8,
 		Retention:               Retention{Succeeded: time.Hour, Failed: time.Hour},
 		UserSecretPoll:          time.Second,
+	}
+}
+
+// startManager runs a manager with the reconcilers until stop is called; stop returns
+// once it has stopped.
+func startManager(ctx context.Context, cfg *rest.Config, conf Config, namespaces cache.Config) (stop func(), err error) {
+	opts := CacheOptions()
+	opts.DefaultNamespaces = map[string]cache.Config{cache.AllNamespaces: namespaces}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 testScheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache:                  opts,
+		Controller:             config.Controller{SkipNameValidation: ptr(true)},
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
+	if err := Setup(ctx, mgr, conf); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -132,10 +167,28 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "manager:", err)
 		}
 	}()
-	code := m.Run()
-	cancel()
-	<-done
-	return code
+	return func() { cancel(); <-done }, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func namespaceOnly(ns string) cache.Config {
+	return cache.Config{FieldSelector: fields.OneTermEqualSelector("metadata.namespace", ns)}
+}
+
+// ownNamespace creates one of the reserved namespaces and a manager for it alone.
+func ownNamespace(t *testing.T, name string, conf Config) (stop func()) {
+	t.Helper()
+	ctx := context.Background()
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		t.Fatal(err)
+	}
+	stop, err := startManager(ctx, restConfig, conf, namespaceOnly(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func utilMust(err error) {
