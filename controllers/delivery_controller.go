@@ -143,8 +143,12 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if st.Phase.Finished() {
 		return r.finishedResult(&d), nil
 	}
-	return ctrl.Result{RequeueAfter: time.Until(st.NextAttemptTime.Time)}, nil
+	// A zero delay (retry.schedule allows 0s) must still come back: RequeueAfter 0 means never.
+	return ctrl.Result{RequeueAfter: max(time.Until(st.NextAttemptTime.Time), minRequeue)}, nil
 }
+
+// minRequeue is the shortest wait before an attempt is made again.
+const minRequeue = 10 * time.Millisecond
 
 // attempt sends the message once and records the result in d's status.
 func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookDelivery, ep *hooklinev1.WebhookEndpoint, now time.Time, done func()) (delivery.Result, error) {

@@ -48,13 +48,21 @@ func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
 	}
 	waitReady(t, other, "second", hooklinev1.ReasonActive)
 
-	if err := k8s.Delete(ctx, first); err != nil {
-		t.Fatal(err)
-	}
+	// The owner moving to another URL hands this one on.
+	first = getEndpoint(ctx, t, ns, "first")
+	first = patched(t, first, func(o *hooklinev1.WebhookEndpoint) { o.Spec.URL = "https://hooks.example.com/v2/orders" })
 	second = waitReady(t, ns, "second", hooklinev1.ReasonActive)
 	if meta.FindStatusCondition(second.Status.Conditions, hooklinev1.ConditionStalled) != nil {
 		t.Fatal("Stalled stays after the URL was handed on")
 	}
+	// And deleting an owner too.
+	third := newEndpoint(ns, "third", "https://hooks.example.com/orders", "*")
+	createAll(ctx, t, third)
+	waitReady(t, ns, "third", hooklinev1.ReasonDuplicateURL)
+	if err := k8s.Delete(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, ns, "third", hooklinev1.ReasonActive)
 }
 
 func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {

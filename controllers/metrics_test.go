@@ -1,0 +1,49 @@
+package controllers
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+)
+
+// The contract's metrics are on the manager's registry, with the history of a delivery
+// that needed more than ten attempts trimmed to the last ten.
+func TestMetricsAndHistoryLimit(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	recv := newReceiver(t, http.StatusInternalServerError)
+	ep := newEndpoint(ns, "ep", recv.URL+"/", "*")
+	twelve := int32(12)
+	ep.Spec.Retry = hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 0}}, MaxAttempts: &twelve}
+	createAll(ctx, t, ep)
+	waitReady(t, ns, "ep", hooklinev1.ReasonActive)
+	createAll(ctx, t, directDelivery(ns, "d", "ep"))
+	d := waitDeliveryPhase(t, ns, "d", hooklinev1.PhaseExhausted, 20*time.Second)
+	if d.Status.Attempts != 12 || len(d.Status.History) != historyLimit || len(recv.got()) != 12 {
+		t.Fatalf("attempts %d, history %d, requests %d", d.Status.Attempts, len(d.Status.History), len(recv.got()))
+	}
+	if !d.Status.History[historyLimit-1].Time.After(d.Status.History[0].Time.Time) {
+		t.Fatal("history is not newest last")
+	}
+
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, f := range families {
+		found[f.GetName()] = true
+	}
+	for _, name := range []string{"hookline_delivery_attempts_total", "hookline_deliveries_completed_total",
+		"hookline_delivery_attempt_duration_seconds", "hookline_delivery_latency_seconds", "controller_runtime_reconcile_total"} {
+		if !found[name] {
+			t.Errorf("metric %s is not registered", name)
+		}
+	}
+}
