@@ -318,10 +318,7 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusGone)
-	if err := k8s.Create(ctx, newEndpoint(ns, "gone", recv.URL+"/", "*")); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, ns, "gone", hooklinev1.ReasonActive)
+	activeEndpoint(t, newEndpoint(ns, "gone", recv.URL+"/", "*"))
 	if err := k8s.Create(ctx, newEvent(ns, "e1", "order.created", `{}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -346,10 +343,7 @@ func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	if err := k8s.Create(ctx, newEndpoint(ns, "p", recv.URL+"/", "*")); err != nil {
-		t.Fatal(err)
-	}
-	ep := waitReady(t, ns, "p", hooklinev1.ReasonActive)
+	ep := activeEndpoint(t, newEndpoint(ns, "p", recv.URL+"/", "*"))
 	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) { o.Spec.Paused = true })
 	waitReady(t, ns, "p", hooklinev1.ReasonPaused)
 	direct := &hooklinev1.WebhookDelivery{

@@ -46,14 +46,7 @@ func TestScriptedOutcomes(t *testing.T) {
 		w.WriteHeader(http.StatusTooManyRequests)
 	}))
 	defer retryAfter.Close()
-	hang := make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
-		}
-	}))
-	defer func() { close(hang); slow.Close() }()
+	slow := hangingServer(t)
 	refused := httptest.NewServer(http.NotFoundHandler())
 	refused.Close()
 
@@ -193,14 +186,7 @@ func TestRateLimitAndMaxInFlightAreEnforced(t *testing.T) {
 func TestSlowEndpointDoesNotDelayHealthyOnes(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
-	hang := make(chan struct{})
-	stuck := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hang:
-		case <-r.Context().Done():
-		}
-	}))
-	defer func() { close(hang); stuck.Close() }()
+	stuck := hangingServer(t)
 	healthy := newReceiver(t)
 	slowEP := newEndpoint(ns, "stuck", stuck.URL+"/", "*")
 	timeout := int32(5)

@@ -196,13 +196,9 @@ func TestSchemesOnTheWire(t *testing.T) {
 }
 
 func TestSendTestAnnotation(t *testing.T) {
-	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	if err := k8s.Create(ctx, newEndpoint(ns, "t", recv.URL+"/", "invoice.paid")); err != nil {
-		t.Fatal(err)
-	}
-	ep := waitReady(t, ns, "t", hooklinev1.ReasonActive)
+	ep := activeEndpoint(t, newEndpoint(ns, "t", recv.URL+"/", "invoice.paid"))
 	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
 		o.Annotations = map[string]string{hooklinev1.AnnotationSendTest: "1"}
 	})

@@ -37,10 +37,7 @@ func TestKstatusReadsOurStatus(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	if err := k8s.Create(ctx, newEndpoint(ns, "owner", recv.URL+"/x", "*")); err != nil {
-		t.Fatal(err)
-	}
-	ep := waitReady(t, ns, "owner", hooklinev1.ReasonActive)
+	ep := activeEndpoint(t, newEndpoint(ns, "owner", recv.URL+"/x", "*"))
 	if s, h := kstatusOf(t, ep), argoHealth(t, ep); s != status.CurrentStatus || h != "Healthy" {
 		t.Fatalf("a Ready endpoint is %s / %s, want Current / Healthy", s, h)
 	}

@@ -1,11 +1,14 @@
 package controllers
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 )
 
 // capturedRequest is one request a test receiver got.
@@ -47,4 +50,27 @@ func (r *receiver) got() []capturedRequest {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]capturedRequest(nil), r.requests...)
+}
+
+// activeEndpoint creates an endpoint and waits until it accepts deliveries.
+func activeEndpoint(t *testing.T, ep *hooklinev1.WebhookEndpoint) *hooklinev1.WebhookEndpoint {
+	t.Helper()
+	if err := k8s.Create(context.Background(), ep); err != nil {
+		t.Fatal(err)
+	}
+	return waitReady(t, ep.Namespace, ep.Name, hooklinev1.ReasonActive)
+}
+
+// hangingServer answers nothing until the test ends or the client gives up.
+func hangingServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	hang := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hang); srv.Close() })
+	return srv
 }

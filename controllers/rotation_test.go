@@ -110,10 +110,7 @@ func TestSeveralRotationsWithinAGracePeriodKeepEverySecret(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	if err := k8s.Create(ctx, newEndpoint(ns, "many", recv.URL+"/", "*")); err != nil {
-		t.Fatal(err)
-	}
-	ep := waitReady(t, ns, "many", hooklinev1.ReasonActive)
+	ep := activeEndpoint(t, newEndpoint(ns, "many", recv.URL+"/", "*"))
 	secrets := []string{secretValue(ctx, t, ns, "many-signing-secret")}
 	for i := 1; i <= 3; i++ {
 		token := fmt.Sprintf("r%d", i)
