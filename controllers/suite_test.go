@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,25 +15,24 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // One control plane and one manager per package; each test works in its own namespace.
 var (
 	k8s        client.Client // direct to the API server, as a user's kubectl is
 	restConfig *rest.Config
-	testScheme = runtime.NewScheme()
+	testScheme *runtime.Scheme
 	managerLog syncBuffer // everything the manager logged, scanned for secrets
 	nsCounter  atomic.Int64
 )
@@ -56,52 +54,20 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// envtestAssets finds the control plane built by hack/build-envtest.sh.
-func envtestAssets() string {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir
-	}
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	return filepath.Join(cache, "hookline", "envtest", "k8s-v1.37.2-etcd-v3.6.16")
-}
-
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }
 
 func runSuite(m *testing.M) int {
-	assets := envtestAssets()
-	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		fmt.Fprintf(os.Stderr, "no envtest control plane in %s: run `make test` (it builds one with hack/build-envtest.sh)\n", assets)
-		return 1
-	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(&managerLog), zap.UseDevMode(true)))
-	utilMust(clientgoscheme.AddToScheme(testScheme))
-	utilMust(hooklinev1.AddToScheme(testScheme))
-
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: assets,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start envtest:", err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
-	// Tests poll every 50ms; client-go's default of 5 requests per second would throttle them.
-	cfg.QPS, cfg.Burst = 500, 1000
-	restConfig = cfg
-	k8s, err = client.New(cfg, client.Options{Scheme: testScheme})
+	env, err := testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	defer func() { _ = env.Stop() }()
+	restConfig, k8s, testScheme = env.Config, env.Client, env.Scheme
+	cfg := env.Config
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
