@@ -60,8 +60,9 @@ demo: build envtest ## A throwaway control plane, the manager and a receiver: si
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary into bin/.
+build: manifests generate fmt vet ## Build the manager and the kubectl plugin into bin/.
 	go build -ldflags "$(GO_LDFLAGS)" -o $(LOCALBIN)/manager .
+	go build -ldflags "$(GO_LDFLAGS)" -o $(LOCALBIN)/kubectl-hookline ./cmd/kubectl-hookline
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the current kubeconfig.

@@ -94,3 +94,18 @@ func Start() (*Env, error) {
 
 // Stop stops the control plane.
 func (e *Env) Stop() error { return e.env.Stop() }
+
+// Kubeconfig writes a kubeconfig for a user of these groups (system:masters for an
+// administrator) to dir and returns its path, for tests of command-line tools.
+func (e *Env) Kubeconfig(dir, user string, groups ...string) (string, error) {
+	u, err := e.env.AddUser(envtest.User{Name: user, Groups: groups}, nil)
+	if err != nil {
+		return "", err
+	}
+	raw, err := u.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, user+".kubeconfig")
+	return path, os.WriteFile(path, raw, 0o600)
+}

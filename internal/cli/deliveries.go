@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+)
+
+var phases = []string{"Pending", "Retrying", "Succeeded", "Failed", "Exhausted"}
+
+type deliveryFilter struct {
+	endpoint, phase string
+	since           time.Duration
+}
+
+func (f *deliveryFilter) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.endpoint, "endpoint", "", "only deliveries to this endpoint")
+	cmd.Flags().StringVar(&f.phase, "phase", "", "only deliveries in this phase: "+strings.Join(phases, ", "))
+}
+
+// list selects deliveries server-side (the CRD's selectable fields) and by age here.
+func (a *app) listDeliveries(f deliveryFilter) ([]hooklinev1.WebhookDelivery, error) {
+	if f.phase != "" && !contains(phases, f.phase) {
+		return nil, fmt.Errorf("--phase %q: one of %s", f.phase, strings.Join(phases, ", "))
+	}
+	var sel []fields.Selector
+	if f.endpoint != "" {
+		sel = append(sel, fields.OneTermEqualSelector("spec.endpointRef.name", f.endpoint))
+	}
+	if f.phase != "" {
+		sel = append(sel, fields.OneTermEqualSelector("status.phase", f.phase))
+	}
+	ctx, cancel := a.context()
+	defer cancel()
+	var list hooklinev1.WebhookDeliveryList
+	opts := []client.ListOption{client.InNamespace(a.ns)}
+	if len(sel) > 0 {
+		opts = append(opts, client.MatchingFieldsSelector{Selector: fields.AndSelectors(sel...)})
+	}
+	if err := a.client.List(ctx, &list, opts...); err != nil {
+		return nil, fmt.Errorf("list deliveries: %s", oneLine(err))
+	}
+	var out []hooklinev1.WebhookDelivery
+	for _, d := range list.Items {
+		if f.since > 0 && time.Since(d.CreationTimestamp.Time) > f.since {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func (a *app) deliveriesCommand() *cobra.Command {
+	var f deliveryFilter
+	cmd := &cobra.Command{
+		Use:   "deliveries",
+		Short: "List deliveries, by endpoint, phase and age",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if a.output != "" && a.output != "json" && a.output != "yaml" {
+				return fmt.Errorf("--output %q: json or yaml", a.output)
+			}
+			items, err := a.listDeliveries(f)
+			if err != nil {
+				return err
+			}
+			if a.output != "" {
+				list := &hooklinev1.WebhookDeliveryList{Items: items}
+				list.APIVersion, list.Kind = "v1", "List"
+				return a.print(list)
+			}
+			if len(items) == 0 {
+				fmt.Fprintf(a.err, "No deliveries found in %s namespace.\n", a.ns)
+				return nil
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tENDPOINT\tTYPE\tPHASE\tATTEMPTS\tCODE\tNEXT ATTEMPT\tAGE")
+			for _, d := range items {
+				next := "<none>"
+				if d.Status.NextAttemptTime != nil {
+					next = "in " + time.Until(d.Status.NextAttemptTime.Time).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Spec.EndpointRef.Name, d.Spec.EventType,
+					d.Status.Phase, d.Status.Attempts, d.Status.ResponseStatusCode, next, time.Since(d.CreationTimestamp.Time).Round(time.Second))
+			}
+			return tw.Flush()
+		},
+	}
+	f.flags(cmd)
+	cmd.Flags().DurationVar(&f.since, "since", 0, "only deliveries created within this duration, like 1h")
+	cmd.Flags().StringVarP(&a.output, "output", "o", "", "json or yaml")
+	return cmd
+}
+
+func (a *app) retryCommand() *cobra.Command {
+	var f deliveryFilter
+	cmd := &cobra.Command{
+		Use:   "retry DELIVERY... | --endpoint NAME --phase Exhausted",
+		Short: "Retry Failed or Exhausted deliveries",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names := args
+			if len(args) == 0 {
+				if f.endpoint == "" && f.phase == "" {
+					return fmt.Errorf("name deliveries, or select them with --endpoint and --phase")
+				}
+				items, err := a.listDeliveries(f)
+				if err != nil {
+					return err
+				}
+				for _, d := range items {
+					if d.Status.Phase == hooklinev1.PhaseFailed || d.Status.Phase == hooklinev1.PhaseExhausted {
+						names = append(names, d.Name)
+					}
+				}
+				if len(names) == 0 {
+					fmt.Fprintln(a.err, "no Failed or Exhausted delivery matches")
+					return nil
+				}
+			} else if f.endpoint != "" || f.phase != "" {
+				return fmt.Errorf("name deliveries or select them with --endpoint/--phase, not both")
+			}
+			ctx, cancel := a.context()
+			defer cancel()
+			token := time.Now().UTC().Format(time.RFC3339Nano)
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, hooklinev1.AnnotationRetry, token)
+			failed := 0
+			for _, name := range names {
+				d := &hooklinev1.WebhookDelivery{}
+				d.Name, d.Namespace = name, a.ns
+				if err := a.client.Patch(ctx, d, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+					fmt.Fprintf(a.err, "error: webhookdelivery/%s: %s\n", name, oneLine(err))
+					failed++
+					continue
+				}
+				fmt.Fprintf(a.out, "webhookdelivery/%s retry requested\n", name)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d deliveries could not be retried", failed, len(names))
+			}
+			return nil
+		},
+	}
+	f.flags(cmd)
+	return cmd
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
