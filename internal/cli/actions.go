@@ -22,7 +22,7 @@ import (
 // endpointActions are the one-shot annotations of an endpoint, by command.
 var endpointActions = map[string]struct {
 	annotation, short, done string
-	handled               func(*hooklinev1.WebhookEndpointStatus) string
+	handled                 func(*hooklinev1.WebhookEndpointStatus) string
 }{
 	"rotate": {hooklinev1.AnnotationRotateSecret, "Rotate an endpoint's signing secret (the previous one keeps signing for the grace period)", "rotated",
 		func(s *hooklinev1.WebhookEndpointStatus) string { return s.LastHandledRotateSecret }},

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -65,7 +66,7 @@ func run(m *testing.M) int {
 		HealthProbeBindAddress: "0", Cache: controllers.CacheOptions()})
 	if err == nil {
 		err = controllers.Setup(ctx, mgr, controllers.Config{AllowInsecureHTTP: true, MaxConcurrentDeliveries: 8,
-			Sender: delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"}),
+			Sender:    delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"}),
 			Retention: controllers.Retention{Succeeded: time.Hour, Failed: time.Hour}})
 	}
 	if err == nil {
@@ -257,9 +258,7 @@ func TestPublishAndRetry(t *testing.T) {
 	defer recv.Close()
 	plugin(adminKube, ns, "", "ensure", "--url", recv.URL+"/", "--events", "order.created", "--name", "ep").ok(t)
 	ep := endpoints(t, ns)[0]
-	one := int32(1)
-	ep.Spec.Retry.MaxAttempts = &one
-	if err := k8s.Update(context.Background(), &ep); err != nil {
+	if err := k8s.Patch(context.Background(), &ep, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"retry":{"maxAttempts":1}}}`))); err != nil {
 		t.Fatal(err)
 	}
 	file := t.TempDir() + "/payload.json"
