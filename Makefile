@@ -46,7 +46,7 @@ vet: ## go vet.
 	go vet ./...
 
 .PHONY: test
-test: manifests generate fmt vet envtest ## Run every test against a real API server (envtest).
+test: manifests generate fmt vet envtest kustomize ## Run every test against a real API server (envtest).
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test ./... -count=1 -timeout 20m
 
 .PHONY: bench

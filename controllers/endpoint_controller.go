@@ -39,7 +39,10 @@ type EndpointReconciler struct {
 
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints,verbs=get;list;watch
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// Secrets are read cluster-wide; writing them is granted per namespace (the ClusterRole
+// secret-writer in config/rbac, bound by a RoleBinding in each tenant namespace), so the
+// manager holds no cluster-wide Secret write.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile reads the endpoint, computes its status and writes it once.

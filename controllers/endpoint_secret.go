@@ -57,6 +57,9 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			return secretOutcome{}, err
 		}
 		if err := r.Create(ctx, secret); err != nil {
+			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+				return secretOutcome{problem: p.msg}, nil
+			}
 			return secretOutcome{}, err // AlreadyExists included: the next reconcile reads it
 		}
 		st.LastHandledRotateSecret = token // a fresh secret answers any pending request
@@ -98,6 +101,9 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 				metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, token)
 			}
 			if err := r.Update(ctx, secret); err != nil {
+				if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+					return secretOutcome{problem: p.msg}, nil
+				}
 				return secretOutcome{}, err
 			}
 			if _, value, err = currentKey(secret, ep); err != nil {
@@ -159,7 +165,13 @@ func (r *EndpointReconciler) syncKeyring(ctx context.Context, ep *hooklinev1.Web
 		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
 			return keyring{}, false, err
 		}
-		return kr, false, r.Create(ctx, secret)
+		if err := r.Create(ctx, secret); err != nil {
+			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+				return keyring{}, false, p
+			}
+			return keyring{}, false, err
+		}
+		return kr, false, nil
 	}
 	if err != nil {
 		return keyring{}, false, err
@@ -176,8 +188,20 @@ func (r *EndpointReconciler) syncKeyring(ctx context.Context, ep *hooklinev1.Web
 	if changed || pruned {
 		secret.Data = kr.encode()
 		if err := r.Update(ctx, secret); err != nil {
+			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+				return keyring{}, false, p
+			}
 			return keyring{}, false, err
 		}
 	}
 	return kr, changed, nil
+}
+
+// forbiddenToWrite turns a refused Secret write into what the cluster admin must do:
+// Secret writes are granted per namespace.
+func forbiddenToWrite(err error, namespace string) *secretProblem {
+	if !apierrors.IsForbidden(err) {
+		return nil
+	}
+	return &secretProblem{fmt.Sprintf("the hookline manager may not write Secrets in namespace %s: bind the ClusterRole hookline-secret-writer to its ServiceAccount there (kubectl create rolebinding hookline-secret-writer -n %s --clusterrole=hookline-secret-writer --serviceaccount=hookline-system:hookline-controller-manager)", namespace, namespace)}
 }
