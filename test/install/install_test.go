@@ -62,13 +62,19 @@ func TestMain(m *testing.M) {
 // render runs the pinned kustomize on config/default.
 func render(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
+	return renderDir(t, "default")
+}
+
+// renderDir runs the pinned kustomize on a directory of config/.
+func renderDir(t *testing.T, dir string) []*unstructured.Unstructured {
+	t.Helper()
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	kustomize := filepath.Join(root, "bin", "kustomize")
 	if _, err := os.Stat(kustomize); err != nil {
 		t.Fatalf("%s missing: run `make test` (it installs the pinned kustomize)", kustomize)
 	}
 	var out, stderr bytes.Buffer
-	cmd := exec.Command(kustomize, "build", filepath.Join(root, "config", "default"))
+	cmd := exec.Command(kustomize, "build", filepath.Join(root, "config", dir))
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("kustomize build: %v: %s", err, stderr.String())
@@ -130,6 +136,28 @@ func TestRenderedInstallIsValidForKubernetes137(t *testing.T) {
 	for kind, n := range want {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s objects rendered, want %d", got, kind, n)
+		}
+	}
+}
+
+// The optional components render; the NetworkPolicy is validated by the API server, the
+// Prometheus Operator's kinds only by shape (their CRDs are not part of envtest).
+func TestOptionalComponents(t *testing.T) {
+	objs := renderDir(t, "overlays/with-extras")
+	ensureNamespace(t, installNamespace)
+	for _, o := range byKind(objs, "NetworkPolicy") {
+		if err := env.Client.Patch(context.Background(), o.DeepCopy(), client.Apply, client.FieldOwner("install-test"), client.DryRunAll); err != nil {
+			t.Errorf("NetworkPolicy: %v", err)
+		}
+	}
+	for kind, n := range map[string]int{"NetworkPolicy": 1, "ServiceMonitor": 1, "PrometheusRule": 1, "Deployment": 1} {
+		if got := len(byKind(objs, kind)); got != n {
+			t.Errorf("%d %s rendered, want %d", got, kind, n)
+		}
+	}
+	for _, o := range append(byKind(objs, "ServiceMonitor"), byKind(objs, "PrometheusRule")...) {
+		if o.GetNamespace() != installNamespace {
+			t.Errorf("%s in namespace %q", o.GetKind(), o.GetNamespace())
 		}
 	}
 }
