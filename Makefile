@@ -8,6 +8,8 @@ CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
 KUSTOMIZE ?= $(LOCALBIN)/kustomize
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.7.1
+HELM ?= $(LOCALBIN)/helm
+HELM_VERSION ?= v3.22.0
 # The envtest control plane is built from source (hack/build-envtest.sh) and cached in
 # $${XDG_CACHE_HOME:-$$HOME/.cache}/hookline/envtest so that every clone reuses it.
 ENVTEST_K8S_VERSION ?= v1.37.2
@@ -30,8 +32,11 @@ help: ## Show the targets.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs and RBAC from the markers.
+manifests: controller-gen ## Generate CRDs and RBAC from the markers (and copy them into the Helm chart).
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	mkdir -p dist/chart/crds dist/chart/files
+	cp config/crd/bases/*.yaml dist/chart/crds/
+	cp config/rbac/role.yaml dist/chart/files/manager-role.yaml
 
 .PHONY: generate
 generate: controller-gen ## Generate the deepcopy methods.
@@ -46,7 +51,7 @@ vet: ## go vet.
 	go vet ./...
 
 .PHONY: test
-test: manifests generate fmt vet envtest kustomize ## Run every test against a real API server (envtest).
+test: manifests generate fmt vet envtest kustomize helm ## Run every test against a real API server (envtest).
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test ./... -count=1 -timeout 20m
 
 .PHONY: bench
@@ -109,6 +114,13 @@ kustomize: $(KUSTOMIZE)-$(KUSTOMIZE_VERSION) ## kustomize into bin/.
 $(KUSTOMIZE)-$(KUSTOMIZE_VERSION): | $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	mv $(LOCALBIN)/kustomize $@
+
+.PHONY: helm
+helm: $(HELM)-$(HELM_VERSION) ## helm into bin/ (renders dist/chart in the tests).
+	@ln -sf $(HELM)-$(HELM_VERSION) $(HELM)
+$(HELM)-$(HELM_VERSION): | $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $@
 
 .PHONY: envtest
 envtest: ## Build (once, cached) the envtest kube-apiserver and etcd from source.

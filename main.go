@@ -8,12 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -39,6 +41,7 @@ type options struct {
 	showVersion                bool
 	leaderElectionNamespace    string
 	leaderElectionID           string
+	watchNamespaces            string
 	zapOpts                    zap.Options
 }
 
@@ -58,6 +61,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.retentionFailed, "delivery-retention-failed", 168*time.Hour, "delete Failed and Exhausted deliveries this long after completion")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 50, "queries per second to the API server")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server")
+	fs.StringVar(&o.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to watch (default: every namespace)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.zapOpts.BindFlags(fs)
 	// --kubeconfig is registered on the standard flag set by controller-runtime.
@@ -96,6 +100,20 @@ func main() {
 	}
 }
 
+// cacheOptions restricts the cache to the watched namespaces, when some are given.
+func cacheOptions(watchNamespaces string) cache.Options {
+	opts := controllers.CacheOptions()
+	for _, ns := range strings.Split(watchNamespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			if opts.DefaultNamespaces == nil {
+				opts.DefaultNamespaces = map[string]cache.Config{}
+			}
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
+}
+
 func run(ctx context.Context, o *options) error {
 	log := ctrl.Log.WithName("setup")
 	log.Info("starting hookline", "version", version.Version,
@@ -131,7 +149,7 @@ func run(ctx context.Context, o *options) error {
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        o.leaderElectionID,
 		LeaderElectionNamespace: o.leaderElectionNamespace,
-		Cache:                   controllers.CacheOptions(),
+		Cache:                   cacheOptions(o.watchNamespaces),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

@@ -203,7 +203,12 @@ func rbacObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured
 }
 
 func TestRenderedRBACIsNoBroaderThanNeeded(t *testing.T) {
-	objs := render(t)
+	assertRBACNarrow(t, render(t))
+}
+
+// assertRBACNarrow: no "*" anywhere, and no Secret write bound cluster-wide.
+func assertRBACNarrow(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
 	clusterBound := map[string]bool{}
 	for _, u := range byKind(objs, "ClusterRoleBinding") {
 		clusterBound[convert[rbacv1.ClusterRoleBinding](t, u).RoleRef.Name] = true

@@ -1,0 +1,112 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+)
+
+// helmTemplate renders dist/chart with the pinned helm, CRDs included.
+func helmTemplate(t *testing.T, args ...string) []*unstructured.Unstructured {
+	t.Helper()
+	root, _ := filepath.Abs(filepath.Join("..", ".."))
+	helm := filepath.Join(root, "bin", "helm")
+	if _, err := os.Stat(helm); err != nil {
+		t.Fatalf("%s missing: run `make test` (it installs the pinned helm)", helm)
+	}
+	var out, stderr bytes.Buffer
+	cmd := exec.Command(helm, append([]string{"template", "hl", filepath.Join(root, "dist", "chart"),
+		"--namespace", installNamespace, "--include-crds"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("helm template: %v: %s", err, stderr.String())
+	}
+	var objs []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(&out, 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs
+}
+
+// The chart renders the same install as config/default: valid objects, the same
+// security baseline, the manager's generated RBAC, no cluster-wide Secret write.
+func TestHelmChartRendersTheSameInstall(t *testing.T) {
+	objs := helmTemplate(t, "--set", "secretWriterNamespaces={tenant-x}", "--set", "networkPolicy.enable=true",
+		"--set", "manager.watchNamespaces={tenant-x}")
+	ensureNamespace(t, installNamespace)
+	ensureNamespace(t, "tenant-x")
+	for _, o := range objs {
+		if err := env.Client.Patch(context.Background(), o.DeepCopy(), client.Apply, client.FieldOwner("chart-test"), client.DryRunAll, client.ForceOwnership); err != nil {
+			t.Errorf("%s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+	for kind, n := range map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 1,
+		"PodDisruptionBudget": 1, "NetworkPolicy": 1} {
+		if got := len(byKind(objs, kind)); got != n {
+			t.Errorf("%d %s rendered, want %d", got, kind, n)
+		}
+	}
+	assertRBACNarrow(t, objs)
+	d := byKind(objs, "Deployment")[0]
+	kustomized := byKind(render(t), "Deployment")[0]
+	chartPod := convert[appsv1.Deployment](t, d).Spec.Template.Spec
+	kustPod := convert[appsv1.Deployment](t, kustomized).Spec.Template.Spec
+	if !reflect.DeepEqual(chartPod.SecurityContext, kustPod.SecurityContext) ||
+		!reflect.DeepEqual(chartPod.Containers[0].SecurityContext, kustPod.Containers[0].SecurityContext) {
+		t.Error("the chart's security settings differ from config/default's")
+	}
+	args := chartPod.Containers[0].Args
+	if !contains(args, "--leader-elect") || !contains(args, "--watch-namespaces=tenant-x") {
+		t.Errorf("args: %v", args)
+	}
+
+	generated, err := os.ReadFile(filepath.Join("..", "..", "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want rbacv1.ClusterRole
+	if err := yaml.Unmarshal(generated, &want); err != nil {
+		t.Fatal(err)
+	}
+	found, secretBinding := false, false
+	for _, u := range byKind(objs, "ClusterRole") {
+		role := convert[rbacv1.ClusterRole](t, u)
+		if role.Name == "hl-hookline-manager-role" {
+			found = true
+			if !reflect.DeepEqual(role.Rules, want.Rules) {
+				t.Errorf("the chart's manager rules differ from the generated ones:\n%+v\n%+v", role.Rules, want.Rules)
+			}
+		}
+	}
+	for _, u := range byKind(objs, "RoleBinding") {
+		if u.GetNamespace() == "tenant-x" {
+			secretBinding = true
+		}
+	}
+	if !found || !secretBinding {
+		t.Errorf("manager ClusterRole rendered %v, Secret writes granted in tenant-x %v", found, secretBinding)
+	}
+}
