@@ -72,9 +72,18 @@ func TestManagerRestartLosesNothing(t *testing.T) {
 	})
 
 	var evs hooklinev1.WebhookEventList
-	if err := k8s.List(ctx, &evs, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
-	}
+	eventually(t, 30*time.Second, "every event complete", func(ctx context.Context) (bool, string, error) {
+		if err := k8s.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+			return false, "", err
+		}
+		complete := 0
+		for _, e := range evs.Items {
+			if e.Status.MessageID != "" && e.Status.CompletionTime != nil {
+				complete++
+			}
+		}
+		return complete == events, fmt.Sprintf("%d of %d events complete", complete, len(evs.Items)), nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	duplicates := 0
@@ -82,6 +91,7 @@ func TestManagerRestartLosesNothing(t *testing.T) {
 		bodies := received[e.Status.MessageID]
 		if len(bodies) == 0 {
 			t.Errorf("message %s of event %s was never received", e.Status.MessageID, e.Name)
+			continue
 		}
 		for _, b := range bodies[1:] {
 			duplicates++

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
@@ -28,7 +30,18 @@ const MaxPayloadBytes = 256 << 10
 type EventReconciler struct {
 	client.Client
 	Retention Retention
+	// MaxConcurrent is the number of events reconciled at once.
+	MaxConcurrent int
+
+	// fanOuts remembers the fan-outs this process made until they complete: their
+	// total (the cache may not show every delivery yet) and when progress was last
+	// written, so that progress costs at most one write per progressInterval while the
+	// final counts are written at once.
+	fanOuts sync.Map // types.UID -> *fanOutProgress
 }
+
+// progressInterval bounds how often the counts of an unfinished event are written.
+const progressInterval = time.Second
 
 // Retention is how long finished objects are kept.
 type Retention struct {
@@ -56,7 +69,8 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	before := ev.DeepCopy()
 	st := &ev.Status
 	st.ObservedGeneration = ev.Generation
-	if st.MessageID == "" {
+	progress, fannedOut := r.progress(ev.UID)
+	if st.MessageID == "" && !fannedOut {
 		if problem := checkPayload(&ev); problem != "" {
 			setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem)
 			st.CompletionTime = ptrNow()
@@ -66,14 +80,26 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		// The fan-out is recorded by the message id; it never runs again, so an endpoint
-		// created later does not receive old events.
-		st.MessageID = messageID(ev.UID)
 		st.Deliveries = hooklinev1.DeliveryCounts{Total: int32(created), Pending: int32(created)}
-	} else if err := r.count(ctx, &ev); err != nil {
+		// Remembered here until the status says it: a fan-out that finishes within
+		// progressInterval costs one event write in all, at its completion.
+		progress = &fanOutProgress{total: int32(created), lastWrite: time.Now()}
+		r.fanOuts.Store(ev.UID, progress)
+	} else if err := r.count(ctx, &ev, progress); err != nil {
 		return ctrl.Result{}, err
 	}
+	// The message id records the fan-out: once written it never runs again, so an
+	// endpoint created later does not receive old events.
+	st.MessageID = messageID(ev.UID)
 	setComplete(&ev)
+	if st.CompletionTime != nil {
+		r.fanOuts.Delete(ev.UID)
+	} else if progress != nil {
+		if wait := time.Until(progress.lastWrite.Add(progressInterval)); wait > 0 {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+		progress.lastWrite = time.Now()
+	}
 	if err := r.patchStatus(ctx, before, &ev); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -81,6 +107,21 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// fanOutProgress is what this process knows of a fan-out it made whose completion is
+// not written yet.
+type fanOutProgress struct {
+	total     int32
+	lastWrite time.Time
+}
+
+func (r *EventReconciler) progress(uid types.UID) (*fanOutProgress, bool) {
+	p, ok := r.fanOuts.Load(uid)
+	if !ok {
+		return nil, false
+	}
+	return p.(*fanOutProgress), true
 }
 
 func (r *EventReconciler) patchStatus(ctx context.Context, before, ev *hooklinev1.WebhookEvent) error {
@@ -145,7 +186,7 @@ func (r *EventReconciler) fanOut(ctx context.Context, ev *hooklinev1.WebhookEven
 }
 
 // count tallies the event's deliveries by phase from the cache.
-func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent) error {
+func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent, progress *fanOutProgress) error {
 	var list hooklinev1.WebhookDeliveryList
 	if err := r.List(ctx, &list, client.InNamespace(ev.Namespace), client.MatchingFields{indexDeliveryEvent: ev.Name}); err != nil {
 		return err
@@ -166,6 +207,9 @@ func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent
 	// The cache may not hold every delivery the fan-out created yet; the total recorded
 	// then is the truth, and the ones not seen are pending.
 	c.Total = max(ev.Status.Deliveries.Total, int32(len(list.Items)))
+	if progress != nil {
+		c.Total = max(c.Total, progress.total)
+	}
 	c.Pending = c.Total - c.Retrying - c.Succeeded - c.Failed - c.Exhausted
 	ev.Status.Deliveries = c
 	return nil
@@ -240,6 +284,7 @@ func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&hooklinev1.WebhookEvent{}).
 		Owns(&hooklinev1.WebhookDelivery{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
 		Named("webhookevent").
 		Complete(r)
 }

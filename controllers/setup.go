@@ -41,7 +41,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("endpoint controller: %w", err)
 	}
-	if err := (&EventReconciler{Client: mgr.GetClient(), Retention: cfg.Retention}).SetupWithManager(mgr); err != nil {
+	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
+	events := &EventReconciler{Client: mgr.GetClient(), Retention: cfg.Retention, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
+	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
 	if err := (&DeliveryReconciler{
