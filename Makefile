@@ -55,8 +55,9 @@ test: manifests generate fmt vet envtest kustomize helm ## Run every test agains
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test ./... -count=1 -timeout 20m
 
 .PHONY: bench
-bench: envtest ## Run the benchmarks.
-	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test ./... -run '^$$' -bench . -benchmem
+bench: build envtest ## The throughput, latency and cost benchmark (prints a table, writes bin/bench-report.json), then the Go benchmarks.
+	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go run ./test/bench --manager $(LOCALBIN)/manager --report $(LOCALBIN)/bench-report.json
+	go test ./internal/... -run '^$$' -bench . -benchmem
 
 .PHONY: demo
 demo: build envtest ## A throwaway control plane, the manager and a receiver: signed deliveries, shown.

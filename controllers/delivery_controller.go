@@ -50,6 +50,8 @@ type DeliveryReconciler struct {
 	// wakes when an in-flight slot frees up.
 	throttle *throttle.Throttle
 	wakeups  chan event.GenericEvent
+	// health batches the endpoints' failure records.
+	health *endpointHealth
 
 	// attempted remembers, per delivery, how many attempts this process has recorded,
 	// so that a reconcile reading a cache that has not caught up with our own write yet
@@ -137,8 +139,11 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, err
 	}
 	r.attempted.Store(d.UID, d.Status.Attempts)
-	if err := r.recordEndpointHealth(ctx, ep, result.Outcome, now); err != nil {
-		logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", ep.Name)
+	if r.health.record(ep, result.Outcome, now) {
+		// Disabling is written at once; the rest is batched by endpointHealth.
+		if err := r.health.flush(ctx, ep); err != nil {
+			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", ep.Name)
+		}
 	}
 	if st.Phase.Finished() {
 		return r.finishedResult(&d), nil
@@ -348,6 +353,10 @@ func (r *DeliveryReconciler) endpoint(ctx context.Context, d *hooklinev1.Webhook
 func (r *DeliveryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.wakeups = make(chan event.GenericEvent, 1024)
 	r.throttle = throttle.New(r.wake)
+	r.health = newEndpointHealth(mgr.GetClient(), r.Live)
+	if err := mgr.Add(r.health); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&hooklinev1.WebhookDelivery{}).
 		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).

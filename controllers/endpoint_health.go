@@ -2,64 +2,186 @@ package controllers
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
 )
 
-// successRefresh bounds how often a healthy endpoint's lastSuccessTime is rewritten, so
-// a busy endpoint does not cost one endpoint write per delivery.
+// healthFlushInterval bounds how often an endpoint's failure record is written: a busy
+// endpoint costs at most one endpoint write per interval, not one per attempt.
+const healthFlushInterval = time.Second
+
+// successRefresh bounds how often a healthy endpoint's lastSuccessTime is rewritten.
 const successRefresh = time.Minute
 
-// recordEndpointHealth keeps the endpoint's failure record: consecutive failures, last
-// success and failure, and disables it on 410 Gone or after autoDisableAfter of
-// failures with no success. Several deliveries of one endpoint finish concurrently, so
-// the write is read-modify-write against the API server with an optimistic lock.
-func (r *DeliveryReconciler) recordEndpointHealth(ctx context.Context, cached *hooklinev1.WebhookEndpoint, outcome delivery.Outcome, now time.Time) error {
-	if outcome == delivery.Succeeded && !needsSuccessWrite(&cached.Status, now) {
+// healthDelta is what happened to an endpoint since its record was last written.
+type healthDelta struct {
+	reset        bool      // a success: the failures before it no longer count
+	lastSuccess  time.Time // the latest success
+	failures     int32     // failures since the reset (or since the last write)
+	failingSince time.Time // the first of those failures
+	lastFailure  time.Time
+	gone         bool // a 410: disable now
+}
+
+// endpointHealth collects attempt outcomes per endpoint and writes them in batches:
+// consecutiveFailures, lastSuccessTime, lastFailureTime, failingSince, and the
+// auto-disable (410 Gone, or failing for autoDisableAfter).
+type endpointHealth struct {
+	client  client.Client // writes status
+	live    client.Reader // reads the endpoint as it is now
+	mu      sync.Mutex
+	pending map[types.NamespacedName]*healthDelta
+}
+
+func newEndpointHealth(c client.Client, live client.Reader) *endpointHealth {
+	return &endpointHealth{client: c, live: live, pending: map[types.NamespacedName]*healthDelta{}}
+}
+
+// record notes an attempt's outcome. It reports whether the record should be written at
+// once (the endpoint must be disabled).
+func (h *endpointHealth) record(ep *hooklinev1.WebhookEndpoint, outcome delivery.Outcome, at time.Time) bool {
+	if outcome == delivery.Invalid {
+		return false // nothing the receiver did
+	}
+	if outcome == delivery.Succeeded && !h.hasPending(ep) && !needsSuccessWrite(&ep.Status, at) {
+		return false // healthy and recently recorded: nothing to write
+	}
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.pending[key]
+	if d == nil {
+		d = &healthDelta{}
+		h.pending[key] = d
+	}
+	switch outcome {
+	case delivery.Succeeded:
+		*d = healthDelta{reset: true, lastSuccess: at, gone: d.gone, lastFailure: d.lastFailure}
+	default: // Retry, Blocked, Gone
+		d.failures++
+		d.lastFailure = at
+		if d.failingSince.IsZero() {
+			d.failingSince = at
+		}
+		d.gone = d.gone || outcome == delivery.Gone
+	}
+	limit := ep.Spec.AutoDisableAfter
+	failingSince := d.failingSince
+	if !d.reset && ep.Status.FailingSince != nil {
+		failingSince = ep.Status.FailingSince.Time
+	}
+	tooLong := limit != nil && d.failures > 0 && at.Sub(failingSince) >= limit.Duration
+	return d.gone || tooLong
+}
+
+func (h *endpointHealth) hasPending(ep *hooklinev1.WebhookEndpoint) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.pending[types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}]
+	return ok
+}
+
+// NeedLeaderElection: only the leader sends, so only the leader has outcomes to write.
+func (h *endpointHealth) NeedLeaderElection() bool { return true }
+
+// Start writes the pending records every healthFlushInterval until ctx ends (a
+// manager Runnable; it runs on the leader only).
+func (h *endpointHealth) Start(ctx context.Context) error {
+	t := time.NewTicker(healthFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			h.flushAll(context.Background())
+			return nil
+		case <-t.C:
+			h.flushAll(ctx)
+		}
+	}
+}
+
+func (h *endpointHealth) flushAll(ctx context.Context) {
+	h.mu.Lock()
+	batch := h.pending
+	h.pending = map[types.NamespacedName]*healthDelta{}
+	h.mu.Unlock()
+	for key, d := range batch {
+		if err := h.write(ctx, key, d); err != nil {
+			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", key)
+		}
+	}
+}
+
+// flush writes one endpoint's pending record now.
+func (h *endpointHealth) flush(ctx context.Context, ep *hooklinev1.WebhookEndpoint) error {
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	h.mu.Lock()
+	d := h.pending[key]
+	delete(h.pending, key)
+	h.mu.Unlock()
+	if d == nil {
 		return nil
 	}
-	if outcome == delivery.Invalid {
-		return nil // nothing the receiver did
-	}
+	return h.write(ctx, key, d)
+}
+
+// write applies a delta to the endpoint as it is in the API server, with an optimistic
+// lock (the endpoint controller writes other status fields concurrently).
+func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d *healthDelta) error {
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var ep hooklinev1.WebhookEndpoint
-		if err := r.Live.Get(ctx, types.NamespacedName{Namespace: cached.Namespace, Name: cached.Name}, &ep); err != nil {
+		if err := h.live.Get(ctx, key, &ep); err != nil {
 			return client.IgnoreNotFound(err)
 		}
 		before := ep.DeepCopy()
 		st := &ep.Status
-		at := metav1.NewTime(now)
-		switch outcome {
-		case delivery.Succeeded:
-			if !needsSuccessWrite(st, now) {
-				return nil
-			}
-			st.ConsecutiveFailures, st.FailingSince, st.LastSuccessTime = 0, nil, &at
-		case delivery.Gone:
-			st.LastFailureTime = &at
-			st.ConsecutiveFailures++
-			if st.DisabledReason == "" {
-				st.DisabledReason = hooklinev1.DisabledEndpointGone
-			}
-		default: // Retry, Blocked
-			st.LastFailureTime = &at
-			st.ConsecutiveFailures++
+		if d.reset {
+			st.ConsecutiveFailures, st.FailingSince = 0, nil
+			t := metav1.NewTime(d.lastSuccess)
+			st.LastSuccessTime = &t
+		}
+		if !d.lastFailure.IsZero() && (st.LastFailureTime == nil || d.lastFailure.After(st.LastFailureTime.Time)) {
+			t := metav1.NewTime(d.lastFailure)
+			st.LastFailureTime = &t
+		}
+		if d.failures > 0 {
+			st.ConsecutiveFailures += d.failures
 			if st.FailingSince == nil {
-				st.FailingSince = &at
+				since := metav1.NewTime(d.failingSince)
+				st.FailingSince = &since
 			}
-			if limit := ep.Spec.AutoDisableAfter; limit != nil && st.DisabledReason == "" && now.Sub(st.FailingSince.Time) >= limit.Duration {
+		}
+		if st.DisabledReason == "" {
+			if d.gone {
+				st.DisabledReason = hooklinev1.DisabledEndpointGone
+			} else if limit := ep.Spec.AutoDisableAfter; limit != nil && st.FailingSince != nil && d.failures > 0 &&
+				d.lastFailure.Sub(st.FailingSince.Time) >= limit.Duration {
 				st.DisabledReason = hooklinev1.DisabledFailingTooLong
 			}
 		}
-		return r.Status().Patch(ctx, &ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		if before.Status.ConsecutiveFailures == st.ConsecutiveFailures && before.Status.DisabledReason == st.DisabledReason &&
+			timesEqual(before.Status.LastSuccessTime, st.LastSuccessTime) && timesEqual(before.Status.LastFailureTime, st.LastFailureTime) &&
+			timesEqual(before.Status.FailingSince, st.FailingSince) {
+			return nil
+		}
+		return h.client.Status().Patch(ctx, &ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 	})
+}
+
+func timesEqual(a, b *metav1.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(b)
 }
 
 func needsSuccessWrite(st *hooklinev1.WebhookEndpointStatus, now time.Time) bool {
