@@ -56,7 +56,10 @@ test: manifests generate fmt vet envtest kustomize helm ## Run every test agains
 
 .PHONY: bench
 bench: build envtest ## The throughput, latency and cost benchmark (prints a table, writes bin/bench-report.json), then the Go benchmarks.
-	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go run ./test/bench --manager $(LOCALBIN)/manager --report $(LOCALBIN)/bench-report.json
+	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go run ./test/bench --manager $(LOCALBIN)/manager --report $(LOCALBIN)/bench-report.json \
+		--cpuprofile $(LOCALBIN)/bench-manager-cpu.pprof
+	@echo "== where the manager spent its CPU during fanout-1 (go tool pprof -top)"
+	go tool pprof -top -nodecount=25 $(LOCALBIN)/manager $(LOCALBIN)/bench-manager-cpu.pprof 2>/dev/null | tail -n +6
 	go test ./internal/... -run '^$$' -bench . -benchmem
 
 .PHONY: demo

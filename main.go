@@ -42,6 +42,7 @@ type options struct {
 	leaderElectionNamespace    string
 	leaderElectionID           string
 	watchNamespaces            string
+	pprofAddr                  string
 	zapOpts                    zap.Options
 }
 
@@ -61,6 +62,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.retentionFailed, "delivery-retention-failed", 168*time.Hour, "delete Failed and Exhausted deliveries this long after completion")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 50, "queries per second to the API server")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
 	fs.StringVar(&o.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to watch (default: every namespace)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	o.zapOpts.BindFlags(fs)
@@ -146,6 +148,7 @@ func run(ctx context.Context, o *options) error {
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
+		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        o.leaderElectionID,
 		LeaderElectionNamespace: o.leaderElectionNamespace,

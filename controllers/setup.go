@@ -63,7 +63,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 // CacheOptions restricts the manager's Secret cache to the Secrets it made, so that it
 // never holds every Secret of the cluster.
 func CacheOptions() cache.Options {
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{hooklinev1.ManagedByLabel: hooklinev1.ManagedByValue})},
-	}}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{hooklinev1.ManagedByLabel: hooklinev1.ManagedByValue})},
+		},
+		// managedFields are a large share of every cached object and no reconciler reads
+		// them; with many deliveries retained they dominate the manager's memory.
+		DefaultTransform: cache.TransformStripManagedFields(),
+	}
 }
