@@ -79,8 +79,14 @@ func renderDir(t *testing.T, dir string) []*unstructured.Unstructured {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("kustomize build: %v: %s", err, stderr.String())
 	}
+	return decodeObjects(t, &out)
+}
+
+// decodeObjects reads a stream of YAML documents as objects.
+func decodeObjects(t *testing.T, r io.Reader) []*unstructured.Unstructured {
+	t.Helper()
 	var objs []*unstructured.Unstructured
-	dec := utilyaml.NewYAMLOrJSONDecoder(&out, 4096)
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
 	for {
 		u := &unstructured.Unstructured{}
 		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
