@@ -11,6 +11,7 @@ import (
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -305,6 +306,18 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 	if d.Status.Attempts != 1 || d.Status.CompletionTime == nil || argoHealth(t, d) != "Degraded" {
 		t.Fatalf("exhausted: %+v", d.Status)
 	}
+	eventually(t, 5*time.Second, "an Exhausted Event on the delivery", func(ctx context.Context) (bool, string, error) {
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+			return false, "", err
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == "direct" && e.Reason == string(hooklinev1.PhaseExhausted) && e.Type == corev1.EventTypeWarning {
+				return true, "", nil
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(events.Items)), nil
+	})
 	d = patched(t, d, func(o *hooklinev1.WebhookDelivery) {
 		o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"}
 	})
