@@ -1,10 +1,8 @@
 package install
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -19,20 +17,8 @@ import (
 // helmTemplate renders dist/chart with the pinned helm, CRDs included.
 func helmTemplate(t *testing.T, args ...string) []*unstructured.Unstructured {
 	t.Helper()
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	helm := filepath.Join(root, "bin", "helm")
-	if _, err := os.Stat(helm); err != nil {
-		t.Fatalf("%s missing: run `make test` (it installs the pinned helm)", helm)
-	}
-	var out, stderr bytes.Buffer
-	cmd := exec.Command(helm, append([]string{"template", "hl", filepath.Join(root, "dist", "chart"),
-		"--namespace", installNamespace, "--include-crds"}, args...)...)
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("helm template: %v: %s", err, stderr.String())
-	}
-	return decodeObjects(t, &out)
+	return decodeObjects(t, runTool(t, "helm", append([]string{"template", "hl", filepath.Join(repoRoot, "dist", "chart"),
+		"--namespace", installNamespace, "--include-crds"}, args...)...))
 }
 
 // The chart renders the same install as config/default: valid objects, the same

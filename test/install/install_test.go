@@ -68,18 +68,27 @@ func render(t *testing.T) []*unstructured.Unstructured {
 // renderDir runs the pinned kustomize on a directory of config/.
 func renderDir(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	kustomize := filepath.Join(root, "bin", "kustomize")
-	if _, err := os.Stat(kustomize); err != nil {
-		t.Fatalf("%s missing: run `make test` (it installs the pinned kustomize)", kustomize)
+	return decodeObjects(t, runTool(t, "kustomize", "build", filepath.Join(repoRoot, "config", dir)))
+}
+
+var repoRoot, _ = filepath.Abs(filepath.Join("..", ".."))
+
+// runTool runs a pinned tool of bin/ and returns its standard output.
+func runTool(t *testing.T, name string, args ...string) *bytes.Buffer {
+	t.Helper()
+	tool := filepath.Join(repoRoot, "bin", name)
+	if _, err := os.Stat(tool); err != nil {
+		t.Fatalf("%s missing: run `make test` (it installs the pinned %s)", tool, name)
 	}
 	var out, stderr bytes.Buffer
-	cmd := exec.Command(kustomize, "build", filepath.Join(root, "config", dir))
+	cmd := exec.Command(tool, args...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
+	// Helm keeps caches and config under these; the test gives it a place of its own.
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("kustomize build: %v: %s", err, stderr.String())
+		t.Fatalf("%s %s: %v: %s", name, args[0], err, stderr.String())
 	}
-	return decodeObjects(t, &out)
+	return &out
 }
 
 // decodeObjects reads a stream of YAML documents as objects.
