@@ -45,8 +45,9 @@ func TestHelmChartRendersTheSameInstall(t *testing.T) {
 	chartPod := convert[appsv1.Deployment](t, d).Spec.Template.Spec
 	kustPod := convert[appsv1.Deployment](t, kustomized).Spec.Template.Spec
 	if !reflect.DeepEqual(chartPod.SecurityContext, kustPod.SecurityContext) ||
-		!reflect.DeepEqual(chartPod.Containers[0].SecurityContext, kustPod.Containers[0].SecurityContext) {
-		t.Error("the chart's security settings differ from config/default's")
+		!reflect.DeepEqual(chartPod.Containers[0].SecurityContext, kustPod.Containers[0].SecurityContext) ||
+		!reflect.DeepEqual(chartPod.Containers[0].Env, kustPod.Containers[0].Env) {
+		t.Error("the chart's security settings or environment differ from config/default's")
 	}
 	args := chartPod.Containers[0].Args
 	if !contains(args, "--leader-elect") || !contains(args, "--watch-namespaces=tenant-x") {

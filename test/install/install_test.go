@@ -196,6 +196,9 @@ func TestManagerDeploymentMeetsTheRestrictedBaseline(t *testing.T) {
 	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("probes or resources missing: %+v", c)
 	}
+	if len(c.Env) == 0 || c.Env[0].Name != "GOMEMLIMIT" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.ResourceFieldRef == nil {
+		t.Errorf("env %+v: GOMEMLIMIT should follow the memory limit", c.Env)
+	}
 	if !strings.Contains(strings.Join(c.Args, " "), "--leader-elect") {
 		t.Errorf("args %v: two replicas need --leader-elect", c.Args)
 	}
