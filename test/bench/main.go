@@ -134,8 +134,8 @@ func run() error {
 		failPercent       int
 	}{
 		{"fanout-1", n(5000), 1, false, 0},
-		{"fanout-20", n(500), 20, false, 0},
 		{"half-rate-latency", n(1000), 1, true, 0},
+		{"fanout-20", n(500), 20, false, 0},
 		{"retry-10pct-503", n(1000), 1, false, 10},
 	}
 	var namespaces []string
@@ -152,6 +152,10 @@ func run() error {
 		rate := 0.0
 		if s.halfRate && len(rep.Runs) > 0 {
 			rate = rep.Runs[0].DeliveriesPerSec / 2
+		}
+		// Each scenario starts on a quiet manager: the work of the one before is done.
+		if err := mgr.waitIdle(ctx); err != nil {
+			return err
 		}
 		fmt.Printf("scenario %s: %d events x %d endpoints\n", s.name, s.events, s.endpoints)
 		var profileDone chan error
@@ -646,6 +650,29 @@ func startManager(kubeconfig, work string, namespaces []string) (*managerProcess
 		return nil, fmt.Errorf("the manager did not become ready (log: %s)", logFile.Name())
 	}
 	return m, nil
+}
+
+// waitIdle waits until the manager's work queues have been empty for a few seconds.
+func (m *managerProcess) waitIdle(ctx context.Context) error {
+	quiet := 0
+	return wait.PollUntilContextTimeout(ctx, time.Second, 5*time.Minute, true, func(context.Context) (bool, error) {
+		samples, err := m.metrics()
+		if err != nil {
+			return false, nil
+		}
+		depth := 0.0
+		for k, v := range samples {
+			if strings.HasPrefix(k, "workqueue_depth{") {
+				depth += v
+			}
+		}
+		if depth > 0 {
+			quiet = 0
+			return false, nil
+		}
+		quiet++
+		return quiet >= 3, nil
+	})
 }
 
 // profile saves the manager's CPU profile over d (net/http/pprof).
