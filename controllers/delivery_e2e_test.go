@@ -51,6 +51,26 @@ func waitReady(t *testing.T, ns, name, reason string) *hooklinev1.WebhookEndpoin
 	return &ep
 }
 
+// waitEvent waits until done holds for the event.
+func waitEvent(t *testing.T, ns, name string, timeout time.Duration, what string, done func(*hooklinev1.WebhookEvent) bool) *hooklinev1.WebhookEvent {
+	t.Helper()
+	var e hooklinev1.WebhookEvent
+	eventually(t, timeout, "event "+name+": "+what, func(ctx context.Context) (bool, string, error) {
+		if err := k8s.Get(ctx, key(ns, name), &e); err != nil {
+			return false, "", err
+		}
+		return done(&e), fmt.Sprintf("%+v", e.Status), nil
+	})
+	return &e
+}
+
+func completeWith(reason string) func(*hooklinev1.WebhookEvent) bool {
+	return func(e *hooklinev1.WebhookEvent) bool {
+		c := meta.FindStatusCondition(e.Status.Conditions, hooklinev1.ConditionComplete)
+		return c != nil && c.Reason == reason
+	}
+}
+
 // waitDeliveryPhase waits for a delivery to reach a phase.
 func waitDeliveryPhase(t *testing.T, ns, name string, phase hooklinev1.DeliveryPhase, timeout time.Duration) *hooklinev1.WebhookDelivery {
 	t.Helper()
@@ -95,14 +115,7 @@ func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
 	if err := k8s.Create(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	var got hooklinev1.WebhookEvent
-	eventually(t, 20*time.Second, "event complete", func(ctx context.Context) (bool, string, error) {
-		if err := k8s.Get(ctx, key(ns, ev.Name), &got); err != nil {
-			return false, "", err
-		}
-		c := meta.FindStatusCondition(got.Status.Conditions, hooklinev1.ConditionComplete)
-		return c != nil && c.Reason == hooklinev1.ReasonAllSucceeded, fmt.Sprintf("%+v", got.Status), nil
-	})
+	got := *waitEvent(t, ns, ev.Name, 20*time.Second, "complete", completeWith(hooklinev1.ReasonAllSucceeded))
 	if got.Status.Deliveries != (hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}) || got.Status.CompletionTime == nil {
 		t.Fatalf("event status: %+v", got.Status)
 	}
@@ -186,12 +199,8 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 	if err := k8s.Create(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "two deliveries succeed", func(ctx context.Context) (bool, string, error) {
-		var e hooklinev1.WebhookEvent
-		if err := k8s.Get(ctx, key(ns, ev.Name), &e); err != nil {
-			return false, "", err
-		}
-		return e.Status.Deliveries.Succeeded == 2, fmt.Sprintf("%+v", e.Status.Deliveries), nil
+	waitEvent(t, ns, ev.Name, 20*time.Second, "two deliveries succeed", func(e *hooklinev1.WebhookEvent) bool {
+		return e.Status.Deliveries.Succeeded == 2
 	})
 	var list hooklinev1.WebhookDeliveryList
 	if err := k8s.List(ctx, &list, client.InNamespace(ns)); err != nil {
@@ -230,14 +239,7 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 	if err := k8s.Create(ctx, lonely); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "NoEndpoints", func(ctx context.Context) (bool, string, error) {
-		var e hooklinev1.WebhookEvent
-		if err := k8s.Get(ctx, key(ns, lonely.Name), &e); err != nil {
-			return false, "", err
-		}
-		c := meta.FindStatusCondition(e.Status.Conditions, hooklinev1.ConditionComplete)
-		return c != nil && c.Reason == hooklinev1.ReasonNoEndpoints, fmt.Sprintf("%+v", e.Status), nil
-	})
+	waitEvent(t, ns, lonely.Name, 10*time.Second, "NoEndpoints", completeWith(hooklinev1.ReasonNoEndpoints))
 }
 
 func TestFailingReceiverIsRetriedOnScheduleNotHotLooped(t *testing.T) {

@@ -103,14 +103,8 @@ func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
 	}
 	// Fixing the user's Secret makes the endpoint Ready; the manager does not take it over.
 	good, _ := signing.NewHMACSecret()
+	setSigningValue(ctx, t, ns, "users", good)
 	var s corev1.Secret
-	if err := k8s.Get(ctx, key(ns, "users"), &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Data[hooklinev1.SecretKeySigningSecret] = []byte(good)
-	if err := k8s.Update(ctx, &s); err != nil {
-		t.Fatal(err)
-	}
 	// A Secret the manager does not own and does not cache is not watched; a spec
 	// change (or the next resync) brings the endpoint back.
 	ep = getEndpoint(ctx, t, ns, "byo")

@@ -28,6 +28,32 @@ func secretValue(ctx context.Context, t *testing.T, ns, name string) string {
 	return string(s.Data[hooklinev1.SecretKeySigningSecret])
 }
 
+// setSigningValue writes a new value into a signing Secret, as a user's tooling would.
+func setSigningValue(ctx context.Context, t *testing.T, ns, name, value string) {
+	t.Helper()
+	var s corev1.Secret
+	if err := k8s.Get(ctx, key(ns, name), &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Data[hooklinev1.SecretKeySigningSecret] = []byte(value)
+	if err := k8s.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rotated sets the rotate-secret token and waits until the manager has handled it.
+func rotated(t *testing.T, ep *hooklinev1.WebhookEndpoint, token string) *hooklinev1.WebhookEndpoint {
+	t.Helper()
+	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: token}
+	})
+	eventually(t, 10*time.Second, "rotation "+token+" handled", func(ctx context.Context) (bool, string, error) {
+		ep = getEndpoint(ctx, t, ep.Namespace, ep.Name)
+		return ep.Status.LastHandledRotateSecret == token, fmt.Sprintf("%+v", ep.Status), nil
+	})
+	return ep
+}
+
 // verifiesWith reports whether the Standard Webhooks reference library accepts the
 // request with this secret alone.
 func verifiesWith(t *testing.T, r capturedRequest, secret string) bool {
@@ -66,14 +92,10 @@ func TestRotationKeepsThePreviousSecretSigningForTheGracePeriod(t *testing.T) {
 	ep = waitReady(t, ns, "rot", hooklinev1.ReasonActive)
 	oldSecret := secretValue(ctx, t, ns, "rot-signing-secret")
 
-	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
-		o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: "2026-11-23T10:00:00Z"}
-	})
-	eventually(t, 10*time.Second, "rotation recorded", func(ctx context.Context) (bool, string, error) {
-		ep = getEndpoint(ctx, t, ns, "rot")
-		return ep.Status.LastHandledRotateSecret == "2026-11-23T10:00:00Z" && ep.Status.PreviousSecretsExpireAt != nil,
-			fmt.Sprintf("%+v", ep.Status), nil
-	})
+	ep = rotated(t, ep, "2026-11-23T10:00:00Z")
+	if ep.Status.PreviousSecretsExpireAt == nil {
+		t.Fatalf("no previousSecretsExpireAt after a rotation: %+v", ep.Status)
+	}
 	newSecret := secretValue(ctx, t, ns, "rot-signing-secret")
 	if newSecret == oldSecret || ep.Status.SecretHint != newSecret[:8]+"..." || ep.Status.LastRotationTime == nil {
 		t.Fatalf("after rotation: secret changed %v, status %+v", newSecret != oldSecret, ep.Status)
@@ -114,13 +136,7 @@ func TestSeveralRotationsWithinAGracePeriodKeepEverySecret(t *testing.T) {
 	secrets := []string{secretValue(ctx, t, ns, "many-signing-secret")}
 	for i := 1; i <= 3; i++ {
 		token := fmt.Sprintf("r%d", i)
-		ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
-			o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: token}
-		})
-		eventually(t, 10*time.Second, "rotation "+token, func(ctx context.Context) (bool, string, error) {
-			ep = getEndpoint(ctx, t, ns, "many")
-			return ep.Status.LastHandledRotateSecret == token, ep.Status.LastHandledRotateSecret, nil
-		})
+		ep = rotated(t, ep, token)
 		secrets = append(secrets, secretValue(ctx, t, ns, "many-signing-secret"))
 	}
 	r := publishAndReceive(ctx, t, ns, "many", "e", recv)
@@ -159,14 +175,7 @@ func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 
 	// The user's tooling rolls the value over.
 	second, _ := signing.NewHMACSecret()
-	var s corev1.Secret
-	if err := k8s.Get(ctx, key(ns, "sealed"), &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Data[hooklinev1.SecretKeySigningSecret] = []byte(second)
-	if err := k8s.Update(ctx, &s); err != nil {
-		t.Fatal(err)
-	}
+	setSigningValue(ctx, t, ns, "sealed", second)
 	// A rotation request on such an endpoint is answered with what to do instead; the
 	// reconcile it causes also reads the user's Secret again.
 	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
@@ -200,13 +209,7 @@ func TestSecretsNeverReachEventsOrStatus(t *testing.T) {
 	}
 	ep = waitReady(t, ns, "leak", hooklinev1.ReasonActive)
 	before := secretValue(ctx, t, ns, "leak-signing-secret")
-	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
-		o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: "x"}
-	})
-	eventually(t, 10*time.Second, "rotated", func(ctx context.Context) (bool, string, error) {
-		ep = getEndpoint(ctx, t, ns, "leak")
-		return ep.Status.LastHandledRotateSecret == "x", "", nil
-	})
+	ep = rotated(t, ep, "x")
 	after := secretValue(ctx, t, ns, "leak-signing-secret")
 	if !strings.HasPrefix(after, "whsk_") || !strings.HasPrefix(ep.Status.PublicKey, "whpk_") {
 		t.Fatalf("Ed25519 endpoint: secret %q… status %+v", after[:5], ep.Status)
