@@ -130,6 +130,7 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
+	cfg = controllers.GuardedConfig(cfg)
 	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
 	cfg.UserAgent = "hookline-manager/" + version.Version
 
@@ -144,6 +145,7 @@ func run(ctx context.Context, o *options) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	cacheOpts := cacheOptions(o.watchNamespaces)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
@@ -152,7 +154,7 @@ func run(ctx context.Context, o *options) error {
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        o.leaderElectionID,
 		LeaderElectionNamespace: o.leaderElectionNamespace,
-		Cache:                   cacheOptions(o.watchNamespaces),
+		Cache:                   cacheOpts,
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -162,6 +164,7 @@ func run(ctx context.Context, o *options) error {
 		Sender:                  delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent()}),
 		MaxConcurrentDeliveries: o.maxConcurrentDeliveries,
 		Retention:               controllers.Retention{Succeeded: o.retentionSucceeded, Failed: o.retentionFailed},
+		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {
 		return err
 	}

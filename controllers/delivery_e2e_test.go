@@ -116,7 +116,7 @@ func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := *waitEvent(t, ns, ev.Name, 20*time.Second, "complete", completeWith(hooklinev1.ReasonAllSucceeded))
-	if got.Status.Deliveries != (hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}) || got.Status.CompletionTime == nil {
+	if got.Status.Deliveries == nil || *got.Status.Deliveries != (hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}) || got.Status.CompletionTime == nil {
 		t.Fatalf("event status: %+v", got.Status)
 	}
 
@@ -200,7 +200,7 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEvent(t, ns, ev.Name, 20*time.Second, "two deliveries succeed", func(e *hooklinev1.WebhookEvent) bool {
-		return e.Status.Deliveries.Succeeded == 2
+		return e.Status.Deliveries != nil && e.Status.Deliveries.Succeeded == 2
 	})
 	var list hooklinev1.WebhookDeliveryList
 	if err := k8s.List(ctx, &list, client.InNamespace(ns)); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/payload"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -32,7 +33,7 @@ func (e *errWait) Error() string { return e.msg }
 
 // loadMessage builds the body from the delivery's payload or its event's.
 func loadMessage(ctx context.Context, c client.Reader, d *hooklinev1.WebhookDelivery) (message, error) {
-	payload := d.Spec.Payload
+	data := d.Spec.Payload
 	published := d.CreationTimestamp.Time
 	uid := d.UID
 	if ref := d.Spec.EventRef; ref != nil {
@@ -40,12 +41,15 @@ func loadMessage(ctx context.Context, c client.Reader, d *hooklinev1.WebhookDeli
 		if err := c.Get(ctx, types.NamespacedName{Namespace: d.Namespace, Name: ref.Name}, &ev); err != nil {
 			return message{}, err
 		}
-		payload, published, uid = &ev.Spec.Payload, ev.CreationTimestamp.Time, ev.UID
+		data, published, uid = &ev.Spec.Payload, ev.CreationTimestamp.Time, ev.UID
 	}
-	if payload == nil || len(payload.Raw) == 0 {
+	if data == nil || len(data.Raw) == 0 {
 		return message{}, fmt.Errorf("the payload is empty")
 	}
-	body, err := messageBody(d.Spec.EventType, published, payload)
+	if err := payload.Check(data.Raw); err != nil {
+		return message{}, err // admission refuses it; this one got in before it or around it
+	}
+	body, err := messageBody(d.Spec.EventType, published, data)
 	if err != nil {
 		return message{}, err
 	}

@@ -15,12 +15,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/urlkey"
@@ -33,7 +35,10 @@ type EndpointReconciler struct {
 	Secrets           SecretReader
 	Recorder          eventRecorder
 	AllowInsecureHTTP bool
-	// UserSecretPoll is how often a missing or invalid user Secret is read again.
+	// SecretMetadata is the metadata-only watch of Secrets: a change of a Secret an
+	// endpoint names (a user's signing Secret, a header's) is acted on at once.
+	SecretMetadata cache.Cache
+	// UserSecretPoll is how often an endpoint whose Secrets are not in order looks again.
 	UserSecretPoll time.Duration
 }
 
@@ -121,8 +126,9 @@ func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.Webhoo
 	return ready, err
 }
 
-// DefaultUserSecretPoll is how often an endpoint waiting for a user's Secret (not
-// cached, so not watched) looks again.
+// DefaultUserSecretPoll is how often an endpoint whose Secrets are not in order looks
+// again. Secrets are watched, so this only matters for what no watch reports: a
+// RoleBinding that grants the manager Secret writes in the namespace.
 const DefaultUserSecretPoll = 30 * time.Second
 
 func (r *EndpointReconciler) secretInvalid(problem string) readiness {
@@ -275,6 +281,8 @@ func (r *EndpointReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&hooklinev1.WebhookEndpoint{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, disabledChanged()))).
 		Owns(&corev1.Secret{}).
+		WatchesRawSource(source.Kind(r.SecretMetadata, secretMetadata(),
+			handler.TypedEnqueueRequestsFromMapFunc(r.endpointsNamingSecret))).
 		Watches(&hooklinev1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(r.sameURLEndpoints)).
 		Named("webhookendpoint").
 		Complete(r)
@@ -297,6 +305,27 @@ func (r *EndpointReconciler) sameURLEndpoints(ctx context.Context, o client.Obje
 		if other.Name != ep.Name {
 			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: other.Namespace, Name: other.Name}})
 		}
+	}
+	return out
+}
+
+// endpointsNamingSecret maps a change of a Secret hookline does not own to the
+// endpoints that name it, after dropping what the manager held of it.
+func (r *EndpointReconciler) endpointsNamingSecret(ctx context.Context, s *metav1.PartialObjectMetadata) []reconcile.Request {
+	if isManagedSecret(s) {
+		return nil // cached in full and watched by Owns
+	}
+	if r.Secrets.User != nil {
+		r.Secrets.User.Forget(types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
+	}
+	var list hooklinev1.WebhookEndpointList
+	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{indexEndpointSecrets: s.Name}); err != nil {
+		logf.FromContext(ctx).Error(err, "list endpoints naming a Secret")
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for _, ep := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}})
 	}
 	return out
 }

@@ -15,10 +15,6 @@ import (
 	"github.com/hookline/hookline/internal/signing"
 )
 
-// userSecretRecheck is how often a user-managed signing Secret (not in the manager's
-// cache, so not watched) is read again to notice a new value.
-const userSecretRecheck = time.Minute
-
 // rotatedForAnnotation on a managed signing Secret is the rotate-secret token its
 // value answers.
 const rotatedForAnnotation = "hookline.dev/rotated-for"
@@ -29,7 +25,7 @@ const ConditionSecretRotation = "SecretRotation"
 // secretOutcome is what ensureSigningSecret found.
 type secretOutcome struct {
 	problem      string        // for the user: Ready=False SecretInvalid
-	requeueAfter time.Duration // a grace period ends, or a user's Secret is due a re-read
+	requeueAfter time.Duration // a grace period ends
 }
 
 // ensureSigningSecret creates the managed signing Secret, rotates it on a new token,
@@ -146,9 +142,6 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 	var out secretOutcome
 	if next, ok := kr.nextExpiry(); ok {
 		out.requeueAfter = max(next.Sub(now), time.Second)
-	}
-	if userManaged && (out.requeueAfter == 0 || out.requeueAfter > userSecretRecheck) {
-		out.requeueAfter = userSecretRecheck
 	}
 	return out, nil
 }

@@ -2,9 +2,11 @@ package controllers
 
 import (
 	"context"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	corev1 "k8s.io/api/core/v1"
 	"strings"
 	"sync"
 	"time"
@@ -18,17 +20,17 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/payload"
 )
-
-// MaxPayloadBytes is the largest payload accepted.
-const MaxPayloadBytes = 256 << 10
 
 // EventReconciler fans a WebhookEvent out to one WebhookDelivery per subscribed, ready
 // endpoint of its namespace, then keeps the event's delivery counts.
 type EventReconciler struct {
 	client.Client
+	Recorder  eventRecorder
 	Retention Retention
 	// MaxConcurrent is the number of events reconciled at once.
 	MaxConcurrent int
@@ -59,11 +61,11 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.Get(ctx, req.NamespacedName, &ev); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if expired, wait := r.retentionLeft(&ev); expired {
+	// A complete event is still counted on every change of its deliveries: a manual
+	// retry can turn an Exhausted delivery into a Succeeded one long after completion.
+	if expired, _ := r.retentionLeft(&ev); expired {
 		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID},
 			client.PropagationPolicy(metav1.DeletePropagationBackground)))
-	} else if wait > 0 {
-		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 
 	before := ev.DeepCopy()
@@ -71,8 +73,16 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	st.ObservedGeneration = ev.Generation
 	progress, fannedOut := r.progress(ev.UID)
 	if st.MessageID == "" && !fannedOut {
-		if problem := checkPayload(&ev); problem != "" {
+		if err := payload.Check(ev.Spec.Payload.Raw); err != nil {
+			// Admission refuses such a payload; this one got in before it or around it.
+			// Reported once: the event is complete and is not looked at again.
+			problem := err.Error() + "; nothing was delivered"
+			logf.FromContext(ctx).Info("refusing to fan out an invalid event", "event", req.NamespacedName, "problem", problem)
+			if r.Recorder != nil {
+				r.Recorder.Eventf(&ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonInvalidEvent, "FanOut", "%s", problem)
+			}
 			setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem)
+			st.Deliveries = &hooklinev1.DeliveryCounts{}
 			st.CompletionTime = ptrNow()
 			return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
 		}
@@ -80,7 +90,7 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		st.Deliveries = hooklinev1.DeliveryCounts{Total: int32(created), Pending: int32(created)}
+		st.Deliveries = &hooklinev1.DeliveryCounts{Total: int32(created), Pending: int32(created)}
 		// Remembered here until the status says it: a fan-out that finishes within
 		// progressInterval costs one event write in all, at its completion.
 		progress = &fanOutProgress{total: int32(created), lastWrite: time.Now()}
@@ -129,17 +139,6 @@ func (r *EventReconciler) patchStatus(ctx context.Context, before, ev *hooklinev
 		return nil
 	}
 	return client.IgnoreNotFound(r.Status().Patch(ctx, ev, client.MergeFrom(before)))
-}
-
-func checkPayload(ev *hooklinev1.WebhookEvent) string {
-	raw := strings.TrimSpace(string(ev.Spec.Payload.Raw))
-	if !strings.HasPrefix(raw, "{") {
-		return "spec.payload must be a JSON object"
-	}
-	if len(raw) > MaxPayloadBytes {
-		return fmt.Sprintf("spec.payload is %d bytes, at most %d are accepted; nothing was delivered", len(raw), MaxPayloadBytes)
-	}
-	return ""
 }
 
 // fanOut creates one delivery per receiving endpoint. Names are derived from the event
@@ -206,19 +205,25 @@ func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent
 	}
 	// The cache may not hold every delivery the fan-out created yet; the total recorded
 	// then is the truth, and the ones not seen are pending.
-	c.Total = max(ev.Status.Deliveries.Total, int32(len(list.Items)))
+	c.Total = int32(len(list.Items))
+	if ev.Status.Deliveries != nil {
+		c.Total = max(c.Total, ev.Status.Deliveries.Total)
+	}
 	if progress != nil {
 		c.Total = max(c.Total, progress.total)
 	}
 	c.Pending = c.Total - c.Retrying - c.Succeeded - c.Failed - c.Exhausted
-	ev.Status.Deliveries = c
+	ev.Status.Deliveries = &c
 	return nil
 }
 
 // setComplete sets the Complete condition and completionTime from the counts.
 func setComplete(ev *hooklinev1.WebhookEvent) {
 	st := &ev.Status
-	c := st.Deliveries
+	if st.Deliveries == nil {
+		st.Deliveries = &hooklinev1.DeliveryCounts{}
+	}
+	c := *st.Deliveries
 	finished := c.Succeeded + c.Failed + c.Exhausted
 	switch {
 	case c.Total == 0:
@@ -248,8 +253,7 @@ func (r *EventReconciler) retentionLeft(ev *hooklinev1.WebhookEvent) (bool, time
 		return false, 0
 	}
 	keep := r.Retention.Succeeded
-	c := ev.Status.Deliveries
-	if c.Failed+c.Exhausted > 0 {
+	if c := ev.Status.Deliveries; c != nil && c.Failed+c.Exhausted > 0 {
 		keep = r.Retention.Failed
 	}
 	if keep <= 0 {

@@ -4,6 +4,7 @@ package controllers
 
 import (
 	"context"
+	"slices"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -20,6 +21,9 @@ const (
 	indexDeliveryEndpoint = "spec.endpointRef.name"
 	// indexDeliveryEvent holds a delivery's spec.eventRef.name.
 	indexDeliveryEvent = "spec.eventRef.name"
+	// indexEndpointSecrets holds the names of the Secrets an endpoint reads: its
+	// signing Secret and its headers' Secrets.
+	indexEndpointSecrets = "hookline.secretNames"
 )
 
 // SetupIndexes registers the field indexes every reconciler relies on.
@@ -30,6 +34,11 @@ func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
 			return []string{key}
 		}
 		return nil
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &hooklinev1.WebhookEndpoint{}, indexEndpointSecrets, func(o client.Object) []string {
+		return endpointSecretNames(o.(*hooklinev1.WebhookEndpoint))
 	}); err != nil {
 		return err
 	}
@@ -54,4 +63,15 @@ func endpointURLKey(ep *hooklinev1.WebhookEndpoint) string {
 		return ""
 	}
 	return urlkey.IndexKey(n)
+}
+
+// endpointSecretNames lists the Secrets an endpoint reads, each once.
+func endpointSecretNames(ep *hooklinev1.WebhookEndpoint) []string {
+	names := []string{ep.SigningSecretName()}
+	for _, h := range ep.Spec.Headers {
+		if h.ValueFrom != nil && !slices.Contains(names, h.ValueFrom.SecretKeyRef.Name) {
+			names = append(names, h.ValueFrom.SecretKeyRef.Name)
+		}
+	}
+	return names
 }

@@ -252,3 +252,77 @@ func atoi(t *testing.T, s string) int64 {
 	}
 	return n
 }
+
+// A new value in a user's Secret (External Secrets, Sealed Secrets) is noticed from the
+// Secret watch, not from a periodic re-read: the first request after it is signed with
+// both values within seconds, with no other change to the endpoint.
+func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	recv := newReceiver(t)
+	first, _ := signing.NewHMACSecret()
+	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "external", Namespace: ns},
+		Data: map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(first)}}); err != nil {
+		t.Fatal(err)
+	}
+	ep := newEndpoint(ns, "byo", recv.URL+"/", "*")
+	ep.Spec.Signing.SecretName = "external"
+	activeEndpoint(t, ep)
+	if r := publishAndReceive(ctx, t, ns, "byo", "before", recv); !verifiesWith(t, r, first) {
+		t.Fatal("the first value must sign")
+	}
+
+	second, _ := signing.NewHMACSecret()
+	changed := time.Now()
+	setSigningValue(ctx, t, ns, "external", second)
+	// Publish until a request carries both signatures; each round trip is a delivery.
+	var took time.Duration
+	for i := 0; ; i++ {
+		r := publishAndReceive(ctx, t, ns, "byo", fmt.Sprintf("after-%d", i), recv)
+		if verifiesWith(t, r, second) && verifiesWith(t, r, first) {
+			took = time.Since(changed)
+			break
+		}
+		if time.Since(changed) > 5*time.Second {
+			t.Fatalf("after %s no request was signed with both values", time.Since(changed))
+		}
+	}
+	t.Logf("from the Secret's change to the first request signed with both values: %s", took)
+}
+
+// A header's Secret is read once, held, and read again when it changes.
+func TestHeaderSecretChangeIsUsedAtOnce(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	recv := newReceiver(t)
+	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "auth", Namespace: ns},
+		Data: map[string][]byte{"token": []byte("Bearer one")}}); err != nil {
+		t.Fatal(err)
+	}
+	ep := newEndpoint(ns, "with-auth", recv.URL+"/", "*")
+	ep.Spec.Headers = []hooklinev1.EndpointHeader{{Name: "Authorization",
+		ValueFrom: &hooklinev1.HeaderValueSource{SecretKeyRef: hooklinev1.SecretKeyReference{Name: "auth", Key: "token"}}}}
+	activeEndpoint(t, ep)
+	if got := publishAndReceive(ctx, t, ns, "with-auth", "one", recv).header.Get("Authorization"); got != "Bearer one" {
+		t.Fatalf("Authorization %q", got)
+	}
+	var s corev1.Secret
+	if err := k8s.Get(ctx, key(ns, "auth"), &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Data["token"] = []byte("Bearer two")
+	if err := k8s.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Now()
+	for i := 0; ; i++ {
+		got := publishAndReceive(ctx, t, ns, "with-auth", fmt.Sprintf("two-%d", i), recv).header.Get("Authorization")
+		if got == "Bearer two" {
+			t.Logf("new header value used %s after the change", time.Since(changed))
+			return
+		}
+		if time.Since(changed) > 5*time.Second {
+			t.Fatalf("still sending %q %s after the change", got, time.Since(changed))
+		}
+	}
+}

@@ -3,16 +3,19 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/jsondepth"
 )
 
 // Config is what the manager's flags decide for the reconcilers.
@@ -21,9 +24,12 @@ type Config struct {
 	Sender                  *delivery.Client
 	MaxConcurrentDeliveries int
 	Retention               Retention
-	// UserSecretPoll is how often a missing or invalid user Secret is read again
-	// (DefaultUserSecretPoll when zero).
+	// UserSecretPoll is how often an endpoint whose Secrets are not in order looks
+	// again (DefaultUserSecretPoll when zero).
 	UserSecretPoll time.Duration
+	// Namespaces are the namespaces the manager's cache watches (its
+	// DefaultNamespaces; empty: all), for the caches Setup makes of its own.
+	Namespaces map[string]cache.Config
 }
 
 // Setup registers the field indexes and the three reconcilers with mgr.
@@ -31,10 +37,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return fmt.Errorf("field indexes: %w", err)
 	}
-	secrets := SecretReader{Cached: mgr.GetClient(), Live: mgr.GetAPIReader()}
+	secretMetadata, err := newSecretMetadataCache(mgr, cfg.Namespaces)
+	if err != nil {
+		return fmt.Errorf("Secret metadata cache: %w", err)
+	}
+	if err := mgr.Add(secretMetadata); err != nil {
+		return err
+	}
+	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
 	if err := (&EndpointReconciler{
 		Client:            mgr.GetClient(),
 		Secrets:           secrets,
+		SecretMetadata:    secretMetadata,
 		Recorder:          mgr.GetEventRecorder("hookline"),
 		AllowInsecureHTTP: cfg.AllowInsecureHTTP,
 		UserSecretPoll:    cfg.UserSecretPoll,
@@ -42,7 +56,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("endpoint controller: %w", err)
 	}
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
-	events := &EventReconciler{Client: mgr.GetClient(), Retention: cfg.Retention, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
+	events := &EventReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("hookline"), Retention: cfg.Retention, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
@@ -71,4 +85,22 @@ func CacheOptions() cache.Options {
 		// them; with many deliveries retained they dominate the manager's memory.
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
+}
+
+// MaxAPIResponseDepth bounds the nesting of what the manager decodes from the API
+// server: far above any hookline object's own structure plus payload.MaxDepth, far
+// below the 10,000 levels at which Go's JSON decoders give up.
+const MaxAPIResponseDepth = 1000
+
+// GuardedConfig is cfg with the hookline API's responses capped at
+// MaxAPIResponseDepth, so that an object nested deep enough to be stored but not to
+// be listed (created before admission refused it, or while it was off) cannot stop
+// the manager's informers for every namespace: the object is decoded with its payload
+// cut short, and the reconcilers refuse it, with a condition and an Event.
+func GuardedConfig(cfg *rest.Config) *rest.Config {
+	cfg = rest.CopyConfig(cfg)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return jsondepth.CapResponses(rt, "/apis/"+hooklinev1.GroupVersion.Group+"/", MaxAPIResponseDepth)
+	})
+	return cfg
 }

@@ -16,11 +16,13 @@ import (
 )
 
 // SecretReader reads Secrets from the cache when the manager made them (the cache only
-// holds Secrets labelled managed-by=hookline) and from the API server otherwise (a
-// user's Secret from Sealed Secrets or External Secrets, a header's Secret).
+// holds Secrets labelled managed-by=hookline) and otherwise through the UserSecretCache
+// (a user's Secret from Sealed Secrets or External Secrets, a header's Secret).
 type SecretReader struct {
 	Cached client.Reader
-	Live   client.Reader
+	// User holds the Secrets the manager reads but does not own; without it (some unit
+	// tests) only Cached is read.
+	User *UserSecretCache
 }
 
 // Get reads a Secret of the namespace.
@@ -28,8 +30,8 @@ func (s SecretReader) Get(ctx context.Context, namespace, name string) (*corev1.
 	var secret corev1.Secret
 	key := types.NamespacedName{Namespace: namespace, Name: name}
 	err := s.Cached.Get(ctx, key, &secret)
-	if apierrors.IsNotFound(err) && s.Live != nil {
-		err = s.Live.Get(ctx, key, &secret)
+	if apierrors.IsNotFound(err) && s.User != nil {
+		return s.User.Get(ctx, key)
 	}
 	if err != nil {
 		return nil, err

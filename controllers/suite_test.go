@@ -85,7 +85,7 @@ func runSuite(m *testing.M) int {
 }
 
 // reservedNamespaces are watched only by the managers tests start themselves.
-var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4"}
+var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4", "own-5", "own-6"}
 
 func notReservedNamespaces() fields.Selector {
 	var sels []fields.Selector
@@ -112,7 +112,7 @@ func testConfig() Config {
 func startManager(ctx context.Context, cfg *rest.Config, conf Config, namespaces cache.Config) (stop func(), err error) {
 	opts := CacheOptions()
 	opts.DefaultNamespaces = map[string]cache.Config{cache.AllNamespaces: namespaces}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	mgr, err := ctrl.NewManager(GuardedConfig(cfg), ctrl.Options{
 		Scheme:                 testScheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -122,6 +122,7 @@ func startManager(ctx context.Context, cfg *rest.Config, conf Config, namespaces
 	if err != nil {
 		return nil, err
 	}
+	conf.Namespaces = opts.DefaultNamespaces
 	if err := Setup(ctx, mgr, conf); err != nil {
 		return nil, err
 	}

@@ -28,9 +28,10 @@ type WebhookEventSpec struct {
 	EndpointSelector *metav1.LabelSelector `json:"endpointSelector,omitempty"`
 }
 
-// DeliveryCounts counts an event's deliveries by phase. Zeros are written out so that
-// the counts read the same in every tool; the fields are optional because status is
-// written by merge patch, which leaves unchanged zeros out.
+// DeliveryCounts counts an event's deliveries by phase. Every counter is written,
+// zeros included, once the event has been fanned out (an event that reaches no
+// endpoint reads total: 0). The fields are optional because status is written by
+// merge patch, which leaves unchanged counters out of the request.
 type DeliveryCounts struct {
 	// +optional
 	Total int32 `json:"total"`
@@ -53,8 +54,9 @@ type WebhookEventStatus struct {
 	// MessageID is the webhook-id shared by all of the event's deliveries.
 	// +optional
 	MessageID string `json:"messageId,omitempty"`
+	// Deliveries counts the event's deliveries by phase; absent until the fan-out ran.
 	// +optional
-	Deliveries DeliveryCounts `json:"deliveries,omitempty"`
+	Deliveries *DeliveryCounts `json:"deliveries,omitempty"`
 	// CompletionTime is when every delivery had finished.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`

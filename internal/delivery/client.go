@@ -12,15 +12,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hookline/hookline/internal/backoff"
 )
-
-// MaxResponseBytes is how much of a response body is kept.
-const MaxResponseBytes = 1024
 
 // drainLimit is how much more is read so the connection can be reused; beyond it the
 // connection is dropped rather than read on.
@@ -106,7 +101,8 @@ type Request struct {
 type Result struct {
 	Outcome    Outcome
 	StatusCode int
-	// Response is at most MaxResponseBytes of the body, as valid UTF-8.
+	// Response is the start of the body as printable UTF-8, at most MaxResponseBytes
+	// as stored (see Excerpt).
 	Response string
 	// Error explains a failure without a status code; it never contains the URL.
 	Error      string
@@ -153,7 +149,7 @@ func (c *Client) Send(ctx context.Context, r Request) Result {
 
 	res := Result{
 		StatusCode: resp.StatusCode,
-		Response:   strings.ToValidUTF8(string(head), string(utf8.RuneError)),
+		Response:   Excerpt(head, MaxResponseBytes),
 		Duration:   time.Since(start),
 	}
 	switch {

@@ -524,7 +524,7 @@ func measureRetained(ctx context.Context, env *testenv.Env, kubeconfig, work str
 		evBefore := ev.DeepCopy()
 		finished := metav1.Now()
 		ev.Status = hooklinev1.WebhookEventStatus{ObservedGeneration: 1, MessageID: "msg_" + strings.ReplaceAll(string(ev.UID), "-", ""),
-			Deliveries: hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}, CompletionTime: &finished,
+			Deliveries: &hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}, CompletionTime: &finished,
 			Conditions: []metav1.Condition{{Type: hooklinev1.ConditionComplete, Status: metav1.ConditionTrue, Reason: hooklinev1.ReasonAllSucceeded,
 				Message: "all 1 deliveries succeeded", ObservedGeneration: 1, LastTransitionTime: finished}}}
 		if err := c.Status().Patch(ctx, ev, client.MergeFrom(evBefore)); err != nil {

@@ -1,0 +1,81 @@
+package controllers
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+)
+
+// The counts are written out whole, zeros included, even when the event reaches no
+// endpoint: clients read status.deliveries.total and the DELIVERIES column shows 0.
+func TestEventReachingNoEndpointHasZeroCounts(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, newEvent(ns, "nobody-listens", "order.created", `{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, ns, "nobody-listens", 10*time.Second, "complete", completeWith(hooklinev1.ReasonNoEndpoints))
+
+	// Read it as a generic client would, without our Go types' zero values.
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(hooklinev1.GroupVersion.WithKind("WebhookEvent"))
+	if err := k8s.Get(ctx, key(ns, "nobody-listens"), u); err != nil {
+		t.Fatal(err)
+	}
+	for _, counter := range []string{"total", "pending", "retrying", "succeeded", "failed", "exhausted"} {
+		v, found, err := unstructured.NestedInt64(u.Object, "status", "deliveries", counter)
+		if err != nil || !found || v != 0 {
+			t.Errorf("status.deliveries.%s: found %v, value %d, err %v; want a written 0", counter, found, v, err)
+		}
+	}
+}
+
+// A manual retry of an Exhausted delivery reaches its event, after the event was
+// complete and after the manager that completed it was replaced by a new one.
+func TestManualRetryReachesTheEventAlsoAfterARestart(t *testing.T) {
+	ctx := context.Background()
+	ns := "own-4"
+	conf := testConfig()
+	stopFirst := ownNamespace(t, ns, conf)
+	recv := newReceiver(t, http.StatusServiceUnavailable, http.StatusOK)
+	ep := newEndpoint(ns, "down", recv.URL+"/", "order.created")
+	ep.Spec.Retry = hooklinev1.RetrySpec{MaxAttempts: ptr(int32(1))}
+	activeEndpoint(t, ep)
+	if err := k8s.Create(ctx, newEvent(ns, "order-1", "order.created", `{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	exhausted := waitEvent(t, ns, "order-1", 10*time.Second, "SomeFailed", completeWith(hooklinev1.ReasonSomeFailed))
+	if c := exhausted.Status.Deliveries; c == nil || *c != (hooklinev1.DeliveryCounts{Total: 1, Exhausted: 1}) || exhausted.Status.CompletionTime == nil {
+		t.Fatalf("before the retry: %+v", exhausted.Status)
+	}
+	t.Logf("before the retry: %+v", *exhausted.Status.Deliveries)
+
+	// The manager that completed the event is gone; a new one must not depend on it.
+	stopFirst()
+	stopSecond, err := startManager(ctx, restConfig, conf, namespaceOnly(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopSecond()
+
+	d := waitDeliveryPhase(t, ns, deliveryName("order-1", "down"), hooklinev1.PhaseExhausted, 5*time.Second)
+	patched(t, d, func(o *hooklinev1.WebhookDelivery) {
+		o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "try-1"}
+	})
+	after := waitEvent(t, ns, "order-1", 10*time.Second, "AllSucceeded after the retry", completeWith(hooklinev1.ReasonAllSucceeded))
+	if c := after.Status.Deliveries; c == nil || *c != (hooklinev1.DeliveryCounts{Total: 1, Succeeded: 1}) {
+		t.Fatalf("after the retry: %+v", after.Status)
+	}
+	if after.Status.CompletionTime == nil || after.Status.CompletionTime.Before(exhausted.Status.CompletionTime) {
+		t.Fatalf("completionTime must follow the retry: before %v, after %v", exhausted.Status.CompletionTime, after.Status.CompletionTime)
+	}
+	t.Logf("after the retry: %+v", *after.Status.Deliveries)
+	if got := len(recv.got()); got != 2 {
+		t.Fatalf("receiver got %d requests, want 2", got)
+	}
+}
