@@ -33,7 +33,7 @@ help: ## Show the targets.
 
 .PHONY: manifests
 manifests: controller-gen ## Generate CRDs and RBAC from the markers (and copy them into the Helm chart).
-	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." output:crd:artifacts:config=config/crd/bases
 	mkdir -p dist/chart/crds dist/chart/files
 	cp config/crd/bases/*.yaml dist/chart/crds/
 	cp config/rbac/role.yaml dist/chart/files/manager-role.yaml

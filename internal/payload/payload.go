@@ -29,8 +29,10 @@ func Check(raw []byte) error {
 	if len(trimmed) > MaxBytes {
 		return fmt.Errorf("spec.payload is %d bytes; at most %d (256 KiB) are accepted", len(trimmed), MaxBytes)
 	}
-	if d := jsondepth.Depth(trimmed); d > MaxDepth {
-		return fmt.Errorf("spec.payload is nested %d levels deep; at most %d levels of objects and arrays are accepted", d, MaxDepth)
+	// The depth measured may be of a payload already cut short (jsondepth.Capped), so
+	// the message names the limit rather than the depth.
+	if jsondepth.Depth(trimmed) > MaxDepth {
+		return fmt.Errorf("spec.payload is nested more than %d levels deep; at most %d levels of objects and arrays are accepted", MaxDepth, MaxDepth)
 	}
 	return nil
 }

@@ -12,8 +12,8 @@ func TestCheck(t *testing.T) {
 	}{
 		{"object", `{"order":1234,"items":[{"sku":"a"}]}`, ""},
 		{"at the depth limit", deep(MaxDepth), ""},
-		{"one level too deep", deep(MaxDepth + 1), "nested 65 levels deep; at most 64"},
-		{"hostile depth", deep(9992), "nested 9992 levels deep; at most 64"},
+		{"one level too deep", deep(MaxDepth + 1), "nested more than 64 levels deep; at most 64 levels"},
+		{"hostile depth", deep(9992), "nested more than 64 levels deep"},
 		{"at the size limit", `{"s":"` + strings.Repeat("x", MaxBytes-8) + `"}`, ""},
 		{"one byte too large", `{"s":"` + strings.Repeat("x", MaxBytes-7) + `"}`, "is 262145 bytes; at most 262144 (256 KiB)"},
 		{"array", `[1,2]`, "must be a JSON object"},

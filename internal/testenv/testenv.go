@@ -57,7 +57,24 @@ func repoRoot() (string, error) {
 }
 
 // Start starts a control plane with the CRDs of config/crd/bases.
-func Start() (*Env, error) {
+func Start() (*Env, error) { return StartWith(Options{}) }
+
+// Options are what a suite needs besides the CRDs.
+type Options struct {
+	// Webhooks installs config/webhook's admission webhooks, pointed at a local
+	// server the suite runs with Env.WebhookServing.
+	Webhooks bool
+}
+
+// WebhookServing is where the API server expects the suite's webhook server: its
+// host, port and a directory holding tls.crt and tls.key for it.
+func (e *Env) WebhookServing() (host string, port int, certDir string) {
+	o := e.env.WebhookInstallOptions
+	return o.LocalServingHost, o.LocalServingPort, o.LocalServingCertDir
+}
+
+// StartWith starts a control plane with the CRDs and what opts ask for.
+func StartWith(opts Options) (*Env, error) {
 	assets := Assets()
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
 		return nil, fmt.Errorf("no envtest control plane in %s: run `make test` (it builds one with hack/build-envtest.sh)", assets)
@@ -77,6 +94,9 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
+	}
+	if opts.Webhooks {
+		env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{filepath.Join(root, "config", "webhook", "manifests.yaml")}}
 	}
 	cfg, err := env.Start()
 	if err != nil {
