@@ -23,6 +23,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/controllers"
+	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/version"
 )
@@ -43,6 +44,7 @@ type options struct {
 	leaderElectionID           string
 	watchNamespaces            string
 	pprofAddr                  string
+	webhook                    serving.Options
 	zapOpts                    zap.Options
 }
 
@@ -65,6 +67,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
 	fs.StringVar(&o.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to watch (default: every namespace)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.webhook.Bind(fs)
 	o.zapOpts.BindFlags(fs)
 	// --kubeconfig is registered on the standard flag set by controller-runtime.
 	if f := flag.CommandLine.Lookup("kubeconfig"); f != nil {
@@ -75,6 +78,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.maxConcurrentDeliveries < 1 {
 		return nil, fmt.Errorf("--max-concurrent-deliveries must be at least 1")
+	}
+	if err := o.webhook.Validate(); err != nil {
+		return nil, err
 	}
 	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst < 1 {
 		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
@@ -166,6 +172,9 @@ func run(ctx context.Context, o *options) error {
 		Retention:               controllers.Retention{Succeeded: o.retentionSucceeded, Failed: o.retentionFailed},
 		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {
+		return err
+	}
+	if err := serving.Setup(ctx, mgr, o.webhook); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

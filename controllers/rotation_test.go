@@ -176,14 +176,14 @@ func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 	// The user's tooling rolls the value over.
 	second, _ := signing.NewHMACSecret()
 	setSigningValue(ctx, t, ns, "sealed", second)
-	// A rotation request on such an endpoint is answered with what to do instead; the
-	// reconcile it causes also reads the user's Secret again.
+	// A rotation request on such an endpoint is answered with what to do instead.
 	ep = patched(t, ep, func(o *hooklinev1.WebhookEndpoint) {
 		o.Annotations = map[string]string{hooklinev1.AnnotationRotateSecret: "please"}
 	})
-	eventually(t, 10*time.Second, "new value noticed", func(ctx context.Context) (bool, string, error) {
+	eventually(t, 10*time.Second, "new value noticed and the rotation request answered", func(ctx context.Context) (bool, string, error) {
 		ep = getEndpoint(ctx, t, ns, "byo")
-		return ep.Status.SecretHint == second[:8]+"..." && ep.Status.PreviousSecretsExpireAt != nil, fmt.Sprintf("%+v", ep.Status), nil
+		return ep.Status.SecretHint == second[:8]+"..." && ep.Status.PreviousSecretsExpireAt != nil && ep.Status.LastHandledRotateSecret == "please",
+			fmt.Sprintf("%+v", ep.Status), nil
 	})
 	c := meta.FindStatusCondition(ep.Status.Conditions, ConditionSecretRotation)
 	if c == nil || c.Reason != "UserManagedSecret" || !strings.Contains(c.Message, "rotate it at its source") || ep.Status.LastHandledRotateSecret != "please" {

@@ -33,8 +33,8 @@ func TestHelmChartRendersTheSameInstall(t *testing.T) {
 			t.Errorf("%s %s: %v", o.GetKind(), o.GetName(), err)
 		}
 	}
-	for kind, n := range map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 1,
-		"PodDisruptionBudget": 1, "NetworkPolicy": 1} {
+	for kind, n := range map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 2,
+		"PodDisruptionBudget": 1, "NetworkPolicy": 1, "ValidatingWebhookConfiguration": 1, "Secret": 1} {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s rendered, want %d", got, kind, n)
 		}
@@ -51,6 +51,18 @@ func TestHelmChartRendersTheSameInstall(t *testing.T) {
 	}
 	args := chartPod.Containers[0].Args
 	if !contains(args, "--leader-elect") || !contains(args, "--watch-namespaces=tenant-x") {
+		t.Errorf("args: %v", args)
+	}
+
+	// The chart's webhook registration is the generated one.
+	chartHooks, _, _ := unstructured.NestedSlice(byKind(objs, "ValidatingWebhookConfiguration")[0].Object, "webhooks")
+	kustHooks, _, _ := unstructured.NestedSlice(byKind(render(t), "ValidatingWebhookConfiguration")[0].Object, "webhooks")
+	for _, field := range []string{"rules", "failurePolicy", "sideEffects", "timeoutSeconds", "matchPolicy", "name"} {
+		if !reflect.DeepEqual(chartHooks[0].(map[string]any)[field], kustHooks[0].(map[string]any)[field]) {
+			t.Errorf("the chart's webhook %s differs from config/webhook's: %v vs %v", field, chartHooks[0].(map[string]any)[field], kustHooks[0].(map[string]any)[field])
+		}
+	}
+	if !contains(args, "--admission-webhook=self-signed") || !contains(args, "--webhook-secret-name=hl-hookline-webhook-server-cert") {
 		t.Errorf("args: %v", args)
 	}
 

@@ -36,6 +36,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/controllers"
+	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/testenv"
 )
@@ -147,7 +148,8 @@ func TestRenderedInstallIsValidForKubernetes137(t *testing.T) {
 			t.Errorf("%s %s: %v", o.GetKind(), o.GetName(), err)
 		}
 	}
-	want := map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 1, "PodDisruptionBudget": 1, "Namespace": 1}
+	want := map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 2, "PodDisruptionBudget": 1, "Namespace": 1,
+		"ValidatingWebhookConfiguration": 1, "Secret": 1}
 	for kind, n := range want {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s objects rendered, want %d", got, kind, n)
@@ -169,6 +171,21 @@ func TestOptionalComponents(t *testing.T) {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s rendered, want %d", got, kind, n)
 		}
+	}
+
+	// cert-manager instead of the manager's own rotator.
+	cm := renderDir(t, "overlays/with-cert-manager")
+	for kind, n := range map[string]int{"Certificate": 1, "Issuer": 1, "Secret": 0, "Role": 1, "ValidatingWebhookConfiguration": 1} {
+		if got := len(byKind(cm, kind)); got != n {
+			t.Errorf("with cert-manager: %d %s rendered, want %d", got, kind, n)
+		}
+	}
+	pod := convert[appsv1.Deployment](t, byKind(cm, "Deployment")[0]).Spec.Template.Spec
+	if !contains(pod.Containers[0].Args, "--admission-webhook=cert-manager") || pod.Volumes[0].Secret.SecretName != "hookline-webhook-server-cert" {
+		t.Errorf("with cert-manager: args %v, volumes %+v", pod.Containers[0].Args, pod.Volumes)
+	}
+	if got := byKind(cm, "ValidatingWebhookConfiguration")[0].GetAnnotations()["cert-manager.io/inject-ca-from"]; got != "hookline-system/hookline-serving-cert" {
+		t.Errorf("with cert-manager: inject-ca-from %q", got)
 	}
 	for _, o := range append(byKind(objs, "ServiceMonitor"), byKind(objs, "PrometheusRule")...) {
 		if o.GetNamespace() != installNamespace {
@@ -201,6 +218,10 @@ func TestManagerDeploymentMeetsTheRestrictedBaseline(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(c.Args, " "), "--leader-elect") {
 		t.Errorf("args %v: two replicas need --leader-elect", c.Args)
+	}
+	if !contains(c.Args, "--admission-webhook=self-signed") || len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/tmp/k8s-webhook-server/serving-certs" ||
+		len(pod.Volumes) != 1 || pod.Volumes[0].Secret == nil || pod.Volumes[0].Secret.SecretName != "hookline-webhook-server-cert" {
+		t.Errorf("the admission webhook's certificate must be provisioned by the manager and mounted read-only: args %v, mounts %+v, volumes %+v", c.Args, c.VolumeMounts, pod.Volumes)
 	}
 	ns := convert[corev1.Namespace](t, byKind(render(t), "Namespace")[0])
 	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
@@ -254,7 +275,17 @@ func assertRBACNarrow(t *testing.T, objs []*unstructured.Unstructured) {
 func TestManagerRunsUnderTheRenderedRBAC(t *testing.T) {
 	ctx := context.Background()
 	ensureNamespace(t, installNamespace)
-	for _, o := range rbacObjects(render(t)) {
+	rendered := render(t)
+	// The webhook registration is applied with failurePolicy Ignore here: envtest has no
+	// Service network to reach it, and this test is about the permissions.
+	registration := byKind(rendered, "ValidatingWebhookConfiguration")[0].DeepCopy()
+	webhooks, _, _ := unstructured.NestedSlice(registration.Object, "webhooks")
+	for i := range webhooks {
+		webhooks[i].(map[string]any)["failurePolicy"] = "Ignore"
+	}
+	_ = unstructured.SetNestedSlice(registration.Object, webhooks, "webhooks")
+	defer func() { _ = env.Client.Delete(ctx, registration) }()
+	for _, o := range append(rbacObjects(rendered), append(byKind(rendered, "Secret"), registration)...) {
 		if err := env.Client.Patch(ctx, o.DeepCopy(), client.Apply, client.FieldOwner("install-test"), client.ForceOwnership); err != nil {
 			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
 		}
@@ -290,6 +321,11 @@ func TestManagerRunsUnderTheRenderedRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	mctx, cancel := context.WithCancel(ctx)
+	if err := serving.Setup(mctx, mgr, serving.Options{Mode: serving.SelfSigned, Port: 0, CertDir: t.TempDir(), Namespace: installNamespace,
+		ServiceName: "hookline-webhook-service", SecretName: "hookline-webhook-server-cert",
+		ConfigurationName: "hookline-validating-webhook-configuration"}); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error)
 	go func() { done <- mgr.Start(mctx) }()
 	defer func() {
@@ -342,6 +378,23 @@ func TestManagerRunsUnderTheRenderedRBAC(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no webhook delivered by the manager running with the rendered RBAC")
+	}
+	// The rendered RBAC lets the manager provision the admission webhook's certificate.
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		var secret corev1.Secret
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: installNamespace, Name: "hookline-webhook-server-cert"}, &secret); err != nil {
+			return false, err
+		}
+		var vwc unstructured.Unstructured
+		vwc.SetGroupVersionKind(registration.GroupVersionKind())
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: registration.GetName()}, &vwc); err != nil {
+			return false, err
+		}
+		webhooks, _, _ := unstructured.NestedSlice(vwc.Object, "webhooks")
+		bundle, _, _ := unstructured.NestedString(webhooks[0].(map[string]any), "clientConfig", "caBundle")
+		return len(secret.Data["tls.crt"]) > 0 && bundle != "", nil
+	}); err != nil {
+		t.Fatalf("the webhook certificate was not provisioned under the rendered RBAC: %v", err)
 	}
 }
 
