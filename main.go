@@ -25,6 +25,7 @@ import (
 	"github.com/hookline/hookline/controllers"
 	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/version"
 )
 
@@ -136,7 +137,7 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	cfg = controllers.GuardedConfig(cfg)
+	cfg = kubeclient.Guarded(cfg)
 	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
 	cfg.UserAgent = "hookline-manager/" + version.Version
 

@@ -167,6 +167,7 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 		if _, isAPI := err.(apierrors.APIStatus); isAPI {
 			return delivery.Result{}, err
 		}
+		logf.FromContext(ctx).Info("refusing to deliver an invalid payload", "delivery", client.ObjectKeyFromObject(d), "problem", err.Error())
 		r.fail(d, hooklinev1.ReasonBadPayload, err.Error())
 		return delivery.Result{Outcome: delivery.Invalid}, nil
 	}

@@ -2,11 +2,16 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 )
@@ -33,6 +38,44 @@ func TestEventReachingNoEndpointHasZeroCounts(t *testing.T) {
 			t.Errorf("status.deliveries.%s: found %v, value %d, err %v; want a written 0", counter, found, v, err)
 		}
 	}
+
+	// What `kubectl get whev` shows: the API server renders the printer columns.
+	table := printerTable(ctx, t, ns, "webhookevents")
+	for i, col := range table.ColumnDefinitions {
+		if col.Name == "Deliveries" {
+			if cell := table.Rows[0].Cells[i]; fmt.Sprint(cell) != "0" {
+				t.Fatalf("DELIVERIES column shows %v, want 0", cell)
+			}
+			t.Logf("kubectl get whev: %v", table.Rows[0].Cells)
+			return
+		}
+	}
+	t.Fatal("no Deliveries column")
+}
+
+// printerTable is the meta.k8s.io Table the API server renders for kubectl get.
+func printerTable(ctx context.Context, t *testing.T, ns, resource string) *metav1.Table {
+	t.Helper()
+	hc, err := rest.HTTPClientFor(restConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := strings.TrimSuffix(restConfig.Host, "/") + "/apis/hookline.dev/v1alpha1/namespaces/" + ns + "/" + resource
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var table metav1.Table
+	if err := json.NewDecoder(resp.Body).Decode(&table); err != nil || len(table.Rows) == 0 {
+		t.Fatalf("table: %v, %d rows", err, len(table.Rows))
+	}
+	return &table
 }
 
 // A manual retry of an Exhausted delivery reaches its event, after the event was

@@ -106,7 +106,9 @@ func TestHostilyNestedObjectsStopNobody(t *testing.T) {
 		}
 		return seen["deep/"+hooklinev1.ReasonInvalidEvent] && seen["deep-direct/"+string(hooklinev1.PhaseFailed)], fmt.Sprint(seen), nil
 	})
-	if !strings.Contains(managerLog.String(), `"event": {"name":"deep","namespace":"`+ns+`"}`) {
-		t.Fatal("no log line names the invalid event")
+	for kind, name := range map[string]string{"event": "deep", "delivery": "deep-direct"} {
+		if !strings.Contains(managerLog.String(), `"`+kind+`": {"name":"`+name+`","namespace":"`+ns+`"}`) {
+			t.Fatalf("no log line names the invalid %s", kind)
+		}
 	}
 }

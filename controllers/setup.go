@@ -3,19 +3,16 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
-	"github.com/hookline/hookline/internal/jsondepth"
 )
 
 // Config is what the manager's flags decide for the reconcilers.
@@ -85,22 +82,4 @@ func CacheOptions() cache.Options {
 		// them; with many deliveries retained they dominate the manager's memory.
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
-}
-
-// MaxAPIResponseDepth bounds the nesting of what the manager decodes from the API
-// server: far above any hookline object's own structure plus payload.MaxDepth, far
-// below the 10,000 levels at which Go's JSON decoders give up.
-const MaxAPIResponseDepth = 1000
-
-// GuardedConfig is cfg with the hookline API's responses capped at
-// MaxAPIResponseDepth, so that an object nested deep enough to be stored but not to
-// be listed (created before admission refused it, or while it was off) cannot stop
-// the manager's informers for every namespace: the object is decoded with its payload
-// cut short, and the reconcilers refuse it, with a condition and an Event.
-func GuardedConfig(cfg *rest.Config) *rest.Config {
-	cfg = rest.CopyConfig(cfg)
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
-		return jsondepth.CapResponses(rt, "/apis/"+hooklinev1.GroupVersion.Group+"/", MaxAPIResponseDepth)
-	})
-	return cfg
 }

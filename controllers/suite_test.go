@@ -25,6 +25,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -112,7 +113,7 @@ func testConfig() Config {
 func startManager(ctx context.Context, cfg *rest.Config, conf Config, namespaces cache.Config) (stop func(), err error) {
 	opts := CacheOptions()
 	opts.DefaultNamespaces = map[string]cache.Config{cache.AllNamespaces: namespaces}
-	mgr, err := ctrl.NewManager(GuardedConfig(cfg), ctrl.Options{
+	mgr, err := ctrl.NewManager(kubeclient.Guarded(cfg), ctrl.Options{
 		Scheme:                 testScheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",

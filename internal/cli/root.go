@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/kubeclient"
 )
 
 // FieldManager is the server-side apply field manager of the plugin.
@@ -92,7 +93,7 @@ func (a *app) connect() error {
 	if err := hooklinev1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	c, err := client.New(kubeclient.Guarded(cfg), client.Options{Scheme: scheme})
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
