@@ -157,21 +157,26 @@ func TestSeveralRotationsWithinAGracePeriodKeepEverySecret(t *testing.T) {
 	}
 }
 
+// userSecretEndpoint creates a user's signing Secret (as Sealed Secrets or External
+// Secrets would) and an active endpoint "byo" signing with it; it returns the endpoint
+// and the Secret's value.
+func userSecretEndpoint(ctx context.Context, t *testing.T, ns, secretName string, recv *receiver) (*hooklinev1.WebhookEndpoint, string) {
+	t.Helper()
+	value, _ := signing.NewHMACSecret()
+	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: ns},
+		Data: map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(value)}}); err != nil {
+		t.Fatal(err)
+	}
+	ep := newEndpoint(ns, "byo", recv.URL+"/", "*")
+	ep.Spec.Signing.SecretName = secretName
+	return activeEndpoint(t, ep), value
+}
+
 func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	first, _ := signing.NewHMACSecret()
-	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sealed", Namespace: ns},
-		Data: map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(first)}}); err != nil {
-		t.Fatal(err)
-	}
-	ep := newEndpoint(ns, "byo", recv.URL+"/", "*")
-	ep.Spec.Signing.SecretName = "sealed"
-	if err := k8s.Create(ctx, ep); err != nil {
-		t.Fatal(err)
-	}
-	ep = waitReady(t, ns, "byo", hooklinev1.ReasonActive)
+	ep, first := userSecretEndpoint(ctx, t, ns, "sealed", recv)
 
 	// The user's tooling rolls the value over.
 	second, _ := signing.NewHMACSecret()
@@ -260,14 +265,7 @@ func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
-	first, _ := signing.NewHMACSecret()
-	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "external", Namespace: ns},
-		Data: map[string][]byte{hooklinev1.SecretKeySigningSecret: []byte(first)}}); err != nil {
-		t.Fatal(err)
-	}
-	ep := newEndpoint(ns, "byo", recv.URL+"/", "*")
-	ep.Spec.Signing.SecretName = "external"
-	activeEndpoint(t, ep)
+	_, first := userSecretEndpoint(ctx, t, ns, "external", recv)
 	if r := publishAndReceive(ctx, t, ns, "byo", "before", recv); !verifiesWith(t, r, first) {
 		t.Fatal("the first value must sign")
 	}
