@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -28,11 +29,9 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/deliverystate"
 	"github.com/hookline/hookline/internal/throttle"
 )
-
-// historyLimit is how many attempts a delivery's status keeps.
-const historyLimit = 10
 
 // DeliveryReconciler signs, sends and retries WebhookDeliveries. Everything needed to
 // resume after a restart is in the delivery's status; waits are RequeueAfter.
@@ -45,6 +44,7 @@ type DeliveryReconciler struct {
 	Retention     Retention
 	MaxConcurrent int
 	Recorder      eventRecorder
+	Clock         clock.Clock
 
 	// throttle enforces the endpoints' rateLimit; wakeups carries the deliveries it
 	// wakes when an in-flight slot frees up.
@@ -64,8 +64,10 @@ type DeliveryReconciler struct {
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookendpoints/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookevents,verbs=get;list;watch
 
-// Reconcile makes at most one attempt and schedules the next.
-func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+// Reconcile makes at most one attempt and schedules the next. The status is computed
+// by the state machine (internal/deliverystate) and written once, when Reconcile
+// returns.
+func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	var d hooklinev1.WebhookDelivery
 	if err := r.Get(ctx, req.NamespacedName, &d); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -77,19 +79,35 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.attempted.Delete(d.UID) // the cache has caught up
 	}
 	before := d.DeepCopy()
+	var attempted *attemptDone // set when a request was sent: acted on once it is recorded
+	defer func() {
+		if err := r.patchStatus(ctx, before, &d); err != nil {
+			retErr = errors.Join(retErr, err)
+			return
+		}
+		if attempted != nil {
+			r.recorded(ctx, &d, attempted)
+		}
+	}()
 	st := &d.Status
 	st.ObservedGeneration = d.Generation
-	now := time.Now()
+	now := r.Clock.Now()
 
-	r.handleRetryToken(&d)
+	if retried, started := deliverystate.Retry(*st, d.Generation, d.Annotations[hooklinev1.AnnotationRetry], now); retried.LastHandledRetry != st.LastHandledRetry {
+		*st = retried
+		if started {
+			r.attempted.Delete(d.UID)
+			logf.FromContext(ctx).V(1).Info("retry requested", "delivery", req.NamespacedName, "token", st.LastHandledRetry)
+		}
+	}
 	if st.Phase.Finished() {
-		return r.finished(ctx, before, &d)
+		return r.finished(ctx, &d)
 	}
 	if st.Phase == "" {
 		st.Phase = hooklinev1.PhasePending
 	}
 	if st.NextAttemptTime != nil && st.NextAttemptTime.After(now) {
-		return ctrl.Result{RequeueAfter: st.NextAttemptTime.Sub(now)}, r.patchStatus(ctx, before, &d)
+		return ctrl.Result{RequeueAfter: st.NextAttemptTime.Sub(now)}, nil
 	}
 
 	ep, err := r.endpoint(ctx, &d)
@@ -97,12 +115,12 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, err
 	}
 	if ep == nil {
-		r.fail(&d, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", d.Spec.EndpointRef.Name))
-		return r.finished(ctx, before, &d)
+		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", d.Spec.EndpointRef.Name), now)
+		return r.finished(ctx, &d)
 	}
 	if ep.Disabled() {
-		r.fail(&d, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason))
-		return r.finished(ctx, before, &d)
+		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason), now)
+		return r.finished(ctx, &d)
 	}
 	if !ep.AcceptsDeliveries() {
 		// The endpoint watch brings the delivery back when that changes.
@@ -113,62 +131,71 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 				why += " (" + reason + ")"
 			}
 		}
-		r.wait(&d, fmt.Sprintf("waiting: WebhookEndpoint %s %s", ep.Name, why))
-		return ctrl.Result{}, r.patchStatus(ctx, before, &d)
+		*st = deliverystate.Wait(*st, d.Generation, fmt.Sprintf("waiting: WebhookEndpoint %s %s", ep.Name, why), now)
+		return ctrl.Result{}, nil
 	}
 
 	admission := r.throttle.Acquire(ep.Namespace+"/"+ep.Name, req.String(), rateLimits(ep), now)
 	if !admission.Admitted() {
+		logf.FromContext(ctx).V(1).Info("backpressure: endpoint limit reached", "delivery", req.NamespacedName, "endpoint", ep.Name, "retryAfter", admission.RetryAfter)
 		if admission.RetryAfter > 0 {
-			return ctrl.Result{RequeueAfter: admission.RetryAfter}, r.patchStatus(ctx, before, &d)
+			return ctrl.Result{RequeueAfter: admission.RetryAfter}, nil
 		}
 		// Woken when a request of the endpoint finishes; the requeue is a safety net.
-		return ctrl.Result{RequeueAfter: inFlightSafetyRequeue}, r.patchStatus(ctx, before, &d)
+		return ctrl.Result{RequeueAfter: inFlightSafetyRequeue}, nil
 	}
-	result, err := r.attempt(ctx, &d, ep, now, admission.Release)
+	res, err := r.attempt(ctx, &d, ep, now, admission.Release)
 	admission.Release()
 	var wait *errWait
 	switch {
 	case errors.As(err, &wait):
-		r.wait(&d, "waiting: "+wait.msg)
-		return ctrl.Result{RequeueAfter: time.Minute}, r.patchStatus(ctx, before, &d)
+		*st = deliverystate.Wait(*st, d.Generation, "waiting: "+wait.msg, now)
+		return ctrl.Result{RequeueAfter: time.Minute}, nil
 	case err != nil:
 		return ctrl.Result{}, err
 	}
-	if err := r.patchStatus(ctx, before, &d); err != nil {
-		return ctrl.Result{}, err
-	}
-	r.attempted.Store(d.UID, d.Status.Attempts)
-	if r.health.record(ep, result.Outcome, now) {
-		// Disabling is written at once; the rest is batched by endpointHealth.
-		if err := r.health.flush(ctx, ep); err != nil {
-			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", ep.Name)
-		}
-	}
+	attempted = &attemptDone{endpoint: ep, outcome: res.Outcome, at: now}
 	if st.Phase.Finished() {
 		return r.finishedResult(&d), nil
 	}
 	// A zero delay (retry.schedule allows 0s) must still come back: RequeueAfter 0 means never.
-	return ctrl.Result{RequeueAfter: max(time.Until(st.NextAttemptTime.Time), minRequeue)}, nil
+	return ctrl.Result{RequeueAfter: max(st.NextAttemptTime.Sub(r.Clock.Now()), minRequeue)}, nil
 }
 
 // minRequeue is the shortest wait before an attempt is made again.
 const minRequeue = 10 * time.Millisecond
 
+// attemptDone is a request that was sent, to act on once its outcome is recorded.
+type attemptDone struct {
+	endpoint *hooklinev1.WebhookEndpoint
+	outcome  delivery.Outcome
+	at       time.Time
+}
+
+// recorded runs after an attempt's status was written: the cache guard, and the
+// endpoint's health record (a disable is written at once, the rest in batches).
+func (r *DeliveryReconciler) recorded(ctx context.Context, d *hooklinev1.WebhookDelivery, a *attemptDone) {
+	r.attempted.Store(d.UID, d.Status.Attempts)
+	if r.health.record(a.endpoint, a.outcome, a.at) {
+		if err := r.health.flush(ctx, a.endpoint); err != nil {
+			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", a.endpoint.Name)
+		}
+	}
+}
+
 // attempt sends the message once and records the result in d's status.
 func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookDelivery, ep *hooklinev1.WebhookEndpoint, now time.Time, done func()) (delivery.Result, error) {
-	st := &d.Status
 	msg, err := loadMessage(ctx, r.Client, d)
 	if apierrors.IsNotFound(err) {
-		r.fail(d, hooklinev1.ReasonBadPayload, fmt.Sprintf("WebhookEvent %s no longer exists", d.Spec.EventRef.Name))
+		d.Status = deliverystate.Fail(d.Status, d.Generation, hooklinev1.ReasonBadPayload, fmt.Sprintf("WebhookEvent %s no longer exists", d.Spec.EventRef.Name), now)
 		return delivery.Result{Outcome: delivery.Invalid}, nil
 	}
-	if err != nil && !apierrors.IsNotFound(err) {
+	if err != nil {
 		if _, isAPI := err.(apierrors.APIStatus); isAPI {
 			return delivery.Result{}, err
 		}
 		logf.FromContext(ctx).Info("refusing to deliver an invalid payload", "delivery", client.ObjectKeyFromObject(d), "problem", err.Error())
-		r.fail(d, hooklinev1.ReasonBadPayload, err.Error())
+		d.Status = deliverystate.Fail(d.Status, d.Generation, hooklinev1.ReasonBadPayload, err.Error(), now)
 		return delivery.Result{Outcome: delivery.Invalid}, nil
 	}
 	keys, err := loadSigningKeys(ctx, r.Client, ep, now)
@@ -188,103 +215,24 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 	done() // the endpoint's in-flight slot is free once the receiver has answered
 	observeAttempt(res)
 
-	st.MessageID = msg.id
-	st.Attempts++
-	st.Signature = signature
-	st.LastAttemptTime = &metav1.MicroTime{Time: now}
-	st.ResponseStatusCode = int32(res.StatusCode)
-	rec := hooklinev1.AttemptRecord{
-		Time: metav1.MicroTime{Time: now}, DurationMs: res.Duration.Milliseconds(),
-		StatusCode: int32(res.StatusCode), Error: res.Error, Response: res.Response,
-	}
-	if res.Outcome == delivery.Blocked {
-		rec.Error = hooklinev1.ReasonBlockedAddress + ": " + res.Error
-	}
-	st.History = append(st.History, rec)
-	if len(st.History) > historyLimit {
-		st.History = st.History[len(st.History)-historyLimit:]
-	}
-	st.NextAttemptTime = nil
-
-	switch res.Outcome {
-	case delivery.Succeeded:
-		st.Phase = hooklinev1.PhaseSucceeded
-		st.CompletionTime = &metav1.Time{Time: time.Now()}
-		setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionTrue, hooklinev1.ReasonDelivered,
-			fmt.Sprintf("delivered on attempt %d (HTTP %d)", st.Attempts, res.StatusCode))
-		observeLatency(msg.createdAt)
-	case delivery.Gone:
-		r.fail(d, hooklinev1.ReasonEndpointGone, "the receiver answered 410 Gone; the endpoint is disabled")
-	case delivery.Blocked:
-		r.fail(d, hooklinev1.ReasonBlockedAddress, res.Error)
-	case delivery.Invalid:
-		r.fail(d, hooklinev1.ReasonBadPayload, res.Error)
-	default:
-		policy := backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())
-		if policy.Exhausted(int(st.Attempts)) {
-			st.Phase = hooklinev1.PhaseExhausted
-			st.CompletionTime = &metav1.Time{Time: time.Now()}
-			setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionFalse, hooklinev1.ReasonMaxAttempts,
-				fmt.Sprintf("%d attempts made, the last: %s; set the annotation %s to try again", st.Attempts, attemptSummary(res), hooklinev1.AnnotationRetry))
-		} else {
-			next := now.Add(policy.NextDelay(int(st.Attempts), res.RetryAfter, nil))
-			st.Phase = hooklinev1.PhaseRetrying
-			st.NextAttemptTime = &metav1.MicroTime{Time: next}
-			setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionUnknown, hooklinev1.ReasonRetrying,
-				fmt.Sprintf("attempt %d failed (%s); next attempt at %s", st.Attempts, attemptSummary(res), next.UTC().Format(time.RFC3339)))
-		}
+	d.Status = deliverystate.Next(d.Status, d.Generation, deliverystate.Attempt{At: now, Result: res, MessageID: msg.id, Signature: signature},
+		deliverystate.Policy{Retry: backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())}, r.Clock.Now())
+	switch d.Status.Phase {
+	case hooklinev1.PhaseSucceeded:
+		observeLatency(r.Clock.Since(msg.createdAt))
+	case hooklinev1.PhaseExhausted:
+		logf.FromContext(ctx).V(1).Info("exhausted", "delivery", client.ObjectKeyFromObject(d), "attempts", d.Status.Attempts)
 	}
 	return res, nil
 }
 
-func attemptSummary(res delivery.Result) string {
-	if res.StatusCode != 0 {
-		return fmt.Sprintf("HTTP %d", res.StatusCode)
-	}
-	return res.Error
-}
-
-// fail finishes the delivery as Failed: it will not be retried without the annotation.
-func (r *DeliveryReconciler) fail(d *hooklinev1.WebhookDelivery, reason, message string) {
-	st := &d.Status
-	st.Phase = hooklinev1.PhaseFailed
-	st.NextAttemptTime = nil
-	st.CompletionTime = &metav1.Time{Time: time.Now()}
-	setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionFalse, reason, message)
-}
-
-func (r *DeliveryReconciler) wait(d *hooklinev1.WebhookDelivery, message string) {
-	setCondition(&d.Status.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionUnknown, hooklinev1.ReasonWaiting, message)
-}
-
-// handleRetryToken starts a Failed or Exhausted delivery again on a new
-// hookline.dev/retry token; its attempts count anew towards maxAttempts.
-func (r *DeliveryReconciler) handleRetryToken(d *hooklinev1.WebhookDelivery) {
-	token := d.Annotations[hooklinev1.AnnotationRetry]
-	st := &d.Status
-	if token == "" || token == st.LastHandledRetry {
-		return
-	}
-	st.LastHandledRetry = token
-	if st.Phase != hooklinev1.PhaseFailed && st.Phase != hooklinev1.PhaseExhausted {
-		return
-	}
-	st.Phase = hooklinev1.PhasePending
-	st.Attempts = 0
-	st.NextAttemptTime, st.CompletionTime = nil, nil
-	setCondition(&st.Conditions, d.Generation, hooklinev1.ConditionSucceeded, metav1.ConditionUnknown, hooklinev1.ReasonRetrying,
-		"retry requested by the "+hooklinev1.AnnotationRetry+" annotation")
-	r.attempted.Delete(d.UID)
-}
-
-// finished writes the status of a finished delivery and handles its retention.
-func (r *DeliveryReconciler) finished(ctx context.Context, before, d *hooklinev1.WebhookDelivery) (ctrl.Result, error) {
-	if err := r.patchStatus(ctx, before, d); err != nil {
-		return ctrl.Result{}, err
-	}
+// finished handles a finished delivery's retention (its status is written when
+// Reconcile returns).
+func (r *DeliveryReconciler) finished(ctx context.Context, d *hooklinev1.WebhookDelivery) (ctrl.Result, error) {
 	// Fanned-out deliveries go with their event (owner reference); direct ones alone.
 	if d.Spec.EventRef == nil && d.Status.CompletionTime != nil {
 		if left := r.retentionLeft(d); left <= 0 {
+			logf.FromContext(ctx).V(1).Info("pruned: retention passed", "delivery", client.ObjectKeyFromObject(d), "phase", d.Status.Phase)
 			// The UID precondition: never delete a new object of the same name.
 			return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, d, client.Preconditions{UID: &d.UID}))
 		}
@@ -310,7 +258,7 @@ func (r *DeliveryReconciler) retentionLeft(d *hooklinev1.WebhookDelivery) time.D
 	if keep <= 0 {
 		return time.Hour * 24 * 365 // retention disabled
 	}
-	return time.Until(d.Status.CompletionTime.Add(keep))
+	return d.Status.CompletionTime.Add(keep).Sub(r.Clock.Now())
 }
 
 func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery) error {

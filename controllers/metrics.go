@@ -49,6 +49,7 @@ func observeCompleted(phase hooklinev1.DeliveryPhase) {
 	completedTotal.WithLabelValues(string(phase)).Inc()
 }
 
-func observeLatency(published time.Time) {
-	deliveryLatency.Observe(time.Since(published).Seconds())
+// observeLatency records the time from an event's creation to its delivery.
+func observeLatency(latency time.Duration) {
+	deliveryLatency.Observe(latency.Seconds())
 }

@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/deliverystate"
 )
 
 // The contract's metrics are on the manager's registry, with the history of a delivery
@@ -23,13 +25,23 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 	ep.Spec.Retry = hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 0}}, MaxAttempts: &twelve}
 	createAll(ctx, t, ep)
 	waitReady(t, ns, "ep", hooklinev1.ReasonActive)
+	retriesBefore := testutil.ToFloat64(attemptsTotal.WithLabelValues("retry"))
+	exhaustedBefore := testutil.ToFloat64(completedTotal.WithLabelValues(string(hooklinev1.PhaseExhausted)))
 	createAll(ctx, t, directDelivery(ns, "d", "ep"))
 	d := waitDeliveryPhase(t, ns, "d", hooklinev1.PhaseExhausted, 20*time.Second)
-	if d.Status.Attempts != 12 || len(d.Status.History) != historyLimit || len(recv.got()) != 12 {
+	if d.Status.Attempts != 12 || len(d.Status.History) != deliverystate.HistoryLimit || len(recv.got()) != 12 {
 		t.Fatalf("attempts %d, history %d, requests %d", d.Status.Attempts, len(d.Status.History), len(recv.got()))
 	}
-	if !d.Status.History[historyLimit-1].Time.After(d.Status.History[0].Time.Time) {
+	if !d.Status.History[deliverystate.HistoryLimit-1].Time.After(d.Status.History[0].Time.Time) {
 		t.Fatal("history is not newest last")
+	}
+
+	// Other tests' deliveries count too, so at least this test's.
+	if got := testutil.ToFloat64(attemptsTotal.WithLabelValues("retry")) - retriesBefore; got < 12 {
+		t.Errorf("hookline_delivery_attempts_total{result=retry} rose by %v, want at least 12", got)
+	}
+	if got := testutil.ToFloat64(completedTotal.WithLabelValues(string(hooklinev1.PhaseExhausted))) - exhaustedBefore; got < 1 {
+		t.Errorf("hookline_deliveries_completed_total{phase=Exhausted} rose by %v, want at least 1", got)
 	}
 
 	families, err := metrics.Registry.Gather()

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -65,6 +66,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Retention:     cfg.Retention,
 		MaxConcurrent: cfg.MaxConcurrentDeliveries,
 		Recorder:      mgr.GetEventRecorder("hookline"),
+		Clock:         clock.RealClock{},
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}
