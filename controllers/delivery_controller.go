@@ -37,8 +37,6 @@ import (
 // resume after a restart is in the delivery's status; waits are RequeueAfter.
 type DeliveryReconciler struct {
 	client.Client
-	// Live reads from the API server, bypassing the cache (endpoint health updates).
-	Live          client.Reader
 	Secrets       SecretReader
 	Sender        *delivery.Client
 	Retention     Retention
@@ -50,7 +48,7 @@ type DeliveryReconciler struct {
 	// wakes when an in-flight slot frees up.
 	throttle *throttle.Throttle
 	wakeups  chan event.GenericEvent
-	// health batches the endpoints' failure records.
+	// health is the health recorder: it batches the endpoints' failure records.
 	health *endpointHealth
 
 	// attempted remembers, per delivery, how many attempts this process has recorded,
@@ -300,12 +298,6 @@ func (r *DeliveryReconciler) endpoint(ctx context.Context, d *hooklinev1.Webhook
 // SetupWithManager watches deliveries, and endpoints whose gate (paused, disabled,
 // ready) changed, to bring their waiting deliveries back.
 func (r *DeliveryReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.wakeups = make(chan event.GenericEvent, 1024)
-	r.throttle = throttle.New(r.wake)
-	r.health = newEndpointHealth(mgr.GetClient(), r.Live)
-	if err := mgr.Add(r.health); err != nil {
-		return err
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&hooklinev1.WebhookDelivery{}).
 		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).

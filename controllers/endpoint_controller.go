@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/conditions"
 	"github.com/hookline/hookline/internal/urlkey"
 )
 
@@ -34,6 +36,7 @@ type EndpointReconciler struct {
 	client.Client
 	Secrets           SecretReader
 	Recorder          eventRecorder
+	Clock             clock.PassiveClock
 	AllowInsecureHTTP bool
 	// SecretMetadata is the metadata-only watch of Secrets: a change of a Secret an
 	// endpoint names (a user's signing Secret, a header's) is acted on at once.
@@ -60,13 +63,14 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	st := &ep.Status
 	st.ObservedGeneration = ep.Generation
 
-	ready, err := r.evaluate(ctx, &ep, time.Now())
+	now := r.Clock.Now()
+	ready, err := r.evaluate(ctx, &ep, now)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	setCondition(&st.Conditions, ep.Generation, hooklinev1.ConditionReady, ready.status, ready.reason, ready.message)
+	conditions.Set(&st.Conditions, ep.Generation, hooklinev1.ConditionReady, ready.status, ready.reason, ready.message, now)
 	if ready.stalled {
-		setCondition(&st.Conditions, ep.Generation, hooklinev1.ConditionStalled, metav1.ConditionTrue, ready.reason, ready.message)
+		conditions.Set(&st.Conditions, ep.Generation, hooklinev1.ConditionStalled, metav1.ConditionTrue, ready.reason, ready.message, now)
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, hooklinev1.ConditionStalled)
 	}
@@ -148,7 +152,6 @@ func (r *EndpointReconciler) evaluateDelivering(ctx context.Context, ep *hooklin
 	} else if problem != "" {
 		return r.secretInvalid(problem), nil
 	}
-	r.handleEnable(ep)
 	if ep.Disabled() {
 		return notReady(hooklinev1.ReasonDisabled, disabledMessage(ep)), nil
 	}
@@ -215,30 +218,6 @@ func (r *EndpointReconciler) checkHeaderSecrets(ctx context.Context, ep *hooklin
 		}
 	}
 	return "", nil
-}
-
-// handleEnable acts on a new hookline.dev/enable token: a disabled endpoint is enabled
-// again with a clean failure record.
-func (r *EndpointReconciler) handleEnable(ep *hooklinev1.WebhookEndpoint) {
-	st := &ep.Status
-	why := ""
-	if token := ep.Annotations[hooklinev1.AnnotationEnable]; token != "" && token != st.LastHandledEnable {
-		st.LastHandledEnable = token
-		why = "the " + hooklinev1.AnnotationEnable + " annotation"
-	}
-	// Any change of the spec after the endpoint was disabled (a fixed URL, say) is taken
-	// as the user's answer too.
-	if ready := meta.FindStatusCondition(st.Conditions, hooklinev1.ConditionReady); why == "" && st.DisabledReason != "" &&
-		ready != nil && ready.Reason == hooklinev1.ReasonDisabled && ready.ObservedGeneration < ep.Generation {
-		why = "a change of its spec"
-	}
-	if why == "" || st.DisabledReason == "" {
-		return
-	}
-	st.DisabledReason = ""
-	st.ConsecutiveFailures = 0
-	st.FailingSince = nil
-	r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "Enabled", "Enable", "enabled again by %s", why)
 }
 
 // handleSendTest acts on a new hookline.dev/send-test token: one delivery of type

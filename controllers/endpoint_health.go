@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
@@ -19,6 +20,9 @@ import (
 // endpoint costs at most one endpoint write per interval, not one per attempt.
 const healthFlushInterval = time.Second
 
+// shutdownFlushTimeout bounds the last write of pending records when the manager stops.
+const shutdownFlushTimeout = 5 * time.Second
+
 // successRefresh bounds how often a healthy endpoint's lastSuccessTime is rewritten.
 const successRefresh = time.Minute
 
@@ -32,9 +36,11 @@ type healthDelta struct {
 	gone         bool // a 410: disable now
 }
 
-// endpointHealth collects attempt outcomes per endpoint and writes them in batches:
-// consecutiveFailures, lastSuccessTime, lastFailureTime, failingSince, and the
-// auto-disable (410 Gone, or failing for autoDisableAfter).
+// endpointHealth is the health recorder, the one writer of an endpoint's health fields
+// (see WebhookEndpointStatus): it collects attempt outcomes per endpoint and writes
+// them in batches (consecutiveFailures, lastSuccessTime, lastFailureTime,
+// failingSince), disables the endpoint (410 Gone, or failing for autoDisableAfter),
+// and enables it again (lastHandledEnable) for the enable reconciler.
 type endpointHealth struct {
 	client  client.Client // writes status
 	live    client.Reader // reads the endpoint as it is now
@@ -101,7 +107,11 @@ func (h *endpointHealth) Start(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			h.flushAll(context.Background())
+			// What is pending is written before the manager stops, for as long as a
+			// Pod's termination grace allows, not longer.
+			flushCtx, cancel := context.WithTimeout(context.Background(), shutdownFlushTimeout)
+			h.flushAll(flushCtx)
+			cancel()
 			return nil
 		case <-t.C:
 			h.flushAll(ctx)
@@ -167,14 +177,80 @@ func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d 
 				d.lastFailure.Sub(st.FailingSince.Time) >= limit.Duration {
 				st.DisabledReason = hooklinev1.DisabledFailingTooLong
 			}
+			if st.DisabledReason != "" {
+				st.DisabledGeneration = ep.Generation
+				logf.FromContext(ctx).V(1).Info("disabled", "endpoint", key, "reason", st.DisabledReason, "consecutiveFailures", st.ConsecutiveFailures)
+			}
 		}
-		if before.Status.ConsecutiveFailures == st.ConsecutiveFailures && before.Status.DisabledReason == st.DisabledReason &&
-			timesEqual(before.Status.LastSuccessTime, st.LastSuccessTime) && timesEqual(before.Status.LastFailureTime, st.LastFailureTime) &&
-			timesEqual(before.Status.FailingSince, st.FailingSince) {
-			return nil
-		}
-		return h.client.Status().Patch(ctx, &ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		return h.patch(ctx, before, &ep)
 	})
+}
+
+// patch writes the health fields of ep's status (and nothing else: the endpoint
+// controller owns the rest), with an optimistic lock on what was read.
+func (h *endpointHealth) patch(ctx context.Context, before, ep *hooklinev1.WebhookEndpoint) error {
+	b, a := &before.Status, &ep.Status
+	if b.ConsecutiveFailures == a.ConsecutiveFailures && b.DisabledReason == a.DisabledReason && b.DisabledGeneration == a.DisabledGeneration &&
+		b.LastHandledEnable == a.LastHandledEnable && timesEqual(b.LastSuccessTime, a.LastSuccessTime) &&
+		timesEqual(b.LastFailureTime, a.LastFailureTime) && timesEqual(b.FailingSince, a.FailingSince) {
+		return nil
+	}
+	return h.client.Status().Patch(ctx, ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+}
+
+// enable acts on the endpoint's enable token and spec: a new hookline.dev/enable
+// token is recorded, and a disabled endpoint is enabled again, with a clean failure
+// record, on a new token or on any change of its spec after it was disabled. It
+// returns why it enabled the endpoint, or "".
+func (h *endpointHealth) enable(ctx context.Context, key types.NamespacedName) (string, error) {
+	why := ""
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		why = ""
+		var ep hooklinev1.WebhookEndpoint
+		if err := h.live.Get(ctx, key, &ep); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		before := ep.DeepCopy()
+		why = enableReason(&ep)
+		st := &ep.Status
+		if token := ep.Annotations[hooklinev1.AnnotationEnable]; token != "" {
+			st.LastHandledEnable = token
+		}
+		if why != "" {
+			h.mu.Lock()
+			delete(h.pending, key) // failures from before the enable no longer count
+			h.mu.Unlock()
+			st.DisabledReason, st.DisabledGeneration = "", 0
+			st.ConsecutiveFailures, st.FailingSince = 0, nil
+		}
+		return h.patch(ctx, before, &ep)
+	})
+	return why, err
+}
+
+// enableReason says why a disabled endpoint is to be enabled again, or "".
+func enableReason(ep *hooklinev1.WebhookEndpoint) string {
+	st := &ep.Status
+	if st.DisabledReason == "" {
+		return ""
+	}
+	if token := ep.Annotations[hooklinev1.AnnotationEnable]; token != "" && token != st.LastHandledEnable {
+		return "the " + hooklinev1.AnnotationEnable + " annotation"
+	}
+	disabledAt := st.DisabledGeneration
+	if disabledAt == 0 {
+		// Disabled by a version that did not record the generation: the Ready
+		// condition written while disabled says which generation it saw.
+		if ready := meta.FindStatusCondition(st.Conditions, hooklinev1.ConditionReady); ready != nil && ready.Reason == hooklinev1.ReasonDisabled {
+			disabledAt = ready.ObservedGeneration
+		} else {
+			return ""
+		}
+	}
+	if ep.Generation > disabledAt {
+		return "a change of its spec"
+	}
+	return ""
 }
 
 func timesEqual(a, b *metav1.Time) bool {

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/conditions"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -82,7 +83,7 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			st.LastHandledRotateSecret = token
 			msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
 				hooklinev1.AnnotationRotateSecret, secret.Name)
-			setCondition(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg)
+			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg, now)
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
 		} else if token == "" || secret.Annotations[rotatedForAnnotation] != token {
 			// The token is written with the new value, and the write carries the
@@ -108,8 +109,8 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			if token != "" && token != st.LastHandledRotateSecret {
 				st.LastHandledRotateSecret = token
 			}
-			setCondition(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
-				fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()))
+			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
+				fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()), now)
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
 				"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
 		} else {

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -23,6 +24,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/conditions"
 	"github.com/hookline/hookline/internal/payload"
 )
 
@@ -31,6 +33,7 @@ import (
 type EventReconciler struct {
 	client.Client
 	Recorder  eventRecorder
+	Clock     clock.PassiveClock
 	Retention Retention
 	// MaxConcurrent is the number of events reconciled at once.
 	MaxConcurrent int
@@ -71,6 +74,7 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	before := ev.DeepCopy()
 	st := &ev.Status
 	st.ObservedGeneration = ev.Generation
+	now := r.Clock.Now()
 	progress, fannedOut := r.progress(ev.UID)
 	if st.MessageID == "" && !fannedOut {
 		if err := payload.Check(ev.Spec.Payload.Raw); err != nil {
@@ -81,9 +85,9 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 			if r.Recorder != nil {
 				r.Recorder.Eventf(&ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonInvalidEvent, "FanOut", "%s", problem)
 			}
-			setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem)
+			conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem, now)
 			st.Deliveries = &hooklinev1.DeliveryCounts{}
-			st.CompletionTime = ptrNow()
+			st.CompletionTime = &metav1.Time{Time: now}
 			return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
 		}
 		created, err := r.fanOut(ctx, &ev)
@@ -93,7 +97,7 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		st.Deliveries = &hooklinev1.DeliveryCounts{Total: int32(created), Pending: int32(created)}
 		// Remembered here until the status says it: a fan-out that finishes within
 		// progressInterval costs one event write in all, at its completion.
-		progress = &fanOutProgress{total: int32(created), lastWrite: time.Now()}
+		progress = &fanOutProgress{total: int32(created), lastWrite: r.Clock.Now()}
 		r.fanOuts.Store(ev.UID, progress)
 	} else if err := r.count(ctx, &ev, progress); err != nil {
 		return ctrl.Result{}, err
@@ -101,14 +105,14 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	// The message id records the fan-out: once written it never runs again, so an
 	// endpoint created later does not receive old events.
 	st.MessageID = messageID(ev.UID)
-	setComplete(&ev)
+	setComplete(&ev, now)
 	if st.CompletionTime != nil {
 		r.fanOuts.Delete(ev.UID)
 	} else if progress != nil {
-		if wait := time.Until(progress.lastWrite.Add(progressInterval)); wait > 0 {
+		if wait := progress.lastWrite.Add(progressInterval).Sub(r.Clock.Now()); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
-		progress.lastWrite = time.Now()
+		progress.lastWrite = r.Clock.Now()
 	}
 	if err := r.patchStatus(ctx, before, &ev); err != nil {
 		return ctrl.Result{}, err
@@ -218,7 +222,7 @@ func (r *EventReconciler) count(ctx context.Context, ev *hooklinev1.WebhookEvent
 }
 
 // setComplete sets the Complete condition and completionTime from the counts.
-func setComplete(ev *hooklinev1.WebhookEvent) {
+func setComplete(ev *hooklinev1.WebhookEvent, now time.Time) {
 	st := &ev.Status
 	if st.Deliveries == nil {
 		st.Deliveries = &hooklinev1.DeliveryCounts{}
@@ -227,22 +231,22 @@ func setComplete(ev *hooklinev1.WebhookEvent) {
 	finished := c.Succeeded + c.Failed + c.Exhausted
 	switch {
 	case c.Total == 0:
-		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonNoEndpoints,
-			"no ready endpoint of this namespace subscribes to "+ev.Spec.Type)
+		conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonNoEndpoints,
+			"no ready endpoint of this namespace subscribes to "+ev.Spec.Type, now)
 	case finished < c.Total:
-		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionFalse, hooklinev1.ReasonInProgress,
-			fmt.Sprintf("%d of %d deliveries finished", finished, c.Total))
+		conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionFalse, hooklinev1.ReasonInProgress,
+			fmt.Sprintf("%d of %d deliveries finished", finished, c.Total), now)
 		st.CompletionTime = nil
 		return
 	case c.Succeeded == c.Total:
-		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonAllSucceeded,
-			fmt.Sprintf("all %d deliveries succeeded", c.Total))
+		conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonAllSucceeded,
+			fmt.Sprintf("all %d deliveries succeeded", c.Total), now)
 	default:
-		setCondition(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonSomeFailed,
-			fmt.Sprintf("%d of %d deliveries failed or were exhausted", c.Failed+c.Exhausted, c.Total))
+		conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonSomeFailed,
+			fmt.Sprintf("%d of %d deliveries failed or were exhausted", c.Failed+c.Exhausted, c.Total), now)
 	}
 	if st.CompletionTime == nil {
-		st.CompletionTime = ptrNow()
+		st.CompletionTime = &metav1.Time{Time: now}
 	}
 }
 
@@ -259,7 +263,7 @@ func (r *EventReconciler) retentionLeft(ev *hooklinev1.WebhookEvent) (bool, time
 	if keep <= 0 {
 		return false, 0
 	}
-	left := time.Until(ev.Status.CompletionTime.Add(keep))
+	left := ev.Status.CompletionTime.Add(keep).Sub(r.Clock.Now())
 	return left <= 0, left
 }
 
@@ -278,10 +282,6 @@ func messageID(uid types.UID) string {
 	return "msg_" + strings.ReplaceAll(string(uid), "-", "")
 }
 
-func ptrNow() *metav1.Time {
-	t := metav1.Now()
-	return &t
-}
 
 // SetupWithManager watches events and the deliveries they own.
 func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {

@@ -8,12 +8,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/throttle"
 )
 
 // Config is what the manager's flags decide for the reconcilers.
@@ -30,7 +32,8 @@ type Config struct {
 	Namespaces map[string]cache.Config
 }
 
-// Setup registers the field indexes and the three reconcilers with mgr.
+// Setup builds every dependency of the reconcilers here, in one place, and registers
+// the field indexes, the caches of its own and the reconcilers with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return fmt.Errorf("field indexes: %w", err)
@@ -42,32 +45,47 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := mgr.Add(secretMetadata); err != nil {
 		return err
 	}
+	clk := clock.RealClock{}
+	recorder := mgr.GetEventRecorder("hookline")
 	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
+	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader())
+	if err := mgr.Add(health); err != nil {
+		return err
+	}
+
 	if err := (&EndpointReconciler{
 		Client:            mgr.GetClient(),
 		Secrets:           secrets,
 		SecretMetadata:    secretMetadata,
-		Recorder:          mgr.GetEventRecorder("hookline"),
+		Recorder:          recorder,
+		Clock:             clk,
 		AllowInsecureHTTP: cfg.AllowInsecureHTTP,
 		UserSecretPoll:    cfg.UserSecretPoll,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("endpoint controller: %w", err)
 	}
+	if err := (&EnableReconciler{Client: mgr.GetClient(), health: health, Recorder: recorder}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("enable controller: %w", err)
+	}
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
-	events := &EventReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("hookline"), Retention: cfg.Retention, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
+	events := &EventReconciler{Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Retention: cfg.Retention,
+		MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
-	if err := (&DeliveryReconciler{
+	deliveries := &DeliveryReconciler{
 		Client:        mgr.GetClient(),
-		Live:          mgr.GetAPIReader(),
 		Secrets:       secrets,
 		Sender:        cfg.Sender,
 		Retention:     cfg.Retention,
 		MaxConcurrent: cfg.MaxConcurrentDeliveries,
-		Recorder:      mgr.GetEventRecorder("hookline"),
-		Clock:         clock.RealClock{},
-	}).SetupWithManager(mgr); err != nil {
+		Recorder:      recorder,
+		Clock:         clk,
+		health:        health,
+		wakeups:       make(chan event.GenericEvent, 1024),
+	}
+	deliveries.throttle = throttle.New(deliveries.wake)
+	if err := deliveries.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}
 	return nil

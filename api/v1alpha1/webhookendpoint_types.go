@@ -209,53 +209,92 @@ type RateLimitSpec struct {
 	MaxInFlight *int32 `json:"maxInFlight,omitempty"`
 }
 
-// WebhookEndpointStatus is what the manager observed and did.
+// WebhookEndpointStatus is what the manager observed and did. Every field has one
+// writer, named in its comment: the endpoint controller (URL, secrets, readiness,
+// one-shot actions) or the health recorder (what deliveries met at the receiver,
+// disabling and re-enabling). Each writes only its own fields, so neither undoes the
+// other's write.
 type WebhookEndpointStatus struct {
+	// ObservedGeneration is the generation the endpoint controller last acted on.
+	// Written by the endpoint controller.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// Conditions: Ready, and Stalled=True when only a user can fix the endpoint.
+	// Conditions: Ready (True: Active or Paused; False: DuplicateURL, InvalidSpec,
+	// SecretInvalid, Disabled), Stalled=True when only a user can fix the endpoint, and
+	// SecretRotation (Rotated, UserManagedSecret) after a rotation request.
+	// Written by the endpoint controller.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
+	// SecretName is the Secret whose value signs (spec.signing.secretName or its default).
+	// Written by the endpoint controller.
 	// +optional
 	SecretName string `json:"secretName,omitempty"`
-	// SecretHint is the first 8 characters of the current secret and "...".
+	// SecretHint is the first 8 characters of the current secret and "...", never more.
+	// Written by the endpoint controller.
 	// +optional
 	SecretHint string `json:"secretHint,omitempty"`
-	// PublicKey is the Ed25519 verification key (whpk_...), safe to share.
+	// PublicKey is the Ed25519 verification key (whpk_...), safe to share; Ed25519 only.
+	// Written by the endpoint controller.
 	// +optional
 	PublicKey string `json:"publicKey,omitempty"`
-	// PublicKeyID is the keyid used by HTTPMessageSignatures.
+	// PublicKeyID is the keyid HTTPMessageSignatures sends; Ed25519 only.
+	// Written by the endpoint controller.
 	// +optional
 	PublicKeyID string `json:"publicKeyID,omitempty"`
 
+	// LastRotationTime is when the current secret replaced the previous one.
+	// Written by the endpoint controller.
 	// +optional
 	LastRotationTime *metav1.Time `json:"lastRotationTime,omitempty"`
+	// LastHandledRotateSecret is the hookline.dev/rotate-secret token last acted on.
+	// Written by the endpoint controller.
 	// +optional
 	LastHandledRotateSecret string `json:"lastHandledRotateSecret,omitempty"`
+	// LastHandledEnable is the hookline.dev/enable token last acted on.
+	// Written by the health recorder.
 	// +optional
 	LastHandledEnable string `json:"lastHandledEnable,omitempty"`
+	// LastHandledSendTest is the hookline.dev/send-test token last acted on.
+	// Written by the endpoint controller.
 	// +optional
 	LastHandledSendTest string `json:"lastHandledSendTest,omitempty"`
-	// PreviousSecretsExpireAt is the end of the grace period, while one runs.
+	// PreviousSecretsExpireAt is the end of the grace period, while one runs: until
+	// then the previous secrets sign too.
+	// Written by the endpoint controller.
 	// +optional
 	PreviousSecretsExpireAt *metav1.Time `json:"previousSecretsExpireAt,omitempty"`
 
+	// ConsecutiveFailures counts the failed attempts since the last success.
+	// Written by the health recorder.
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+	// LastSuccessTime is the latest successful attempt (rewritten at most once a minute).
+	// Written by the health recorder.
 	// +optional
 	LastSuccessTime *metav1.Time `json:"lastSuccessTime,omitempty"`
+	// LastFailureTime is the latest failed attempt.
+	// Written by the health recorder.
 	// +optional
 	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
-	// FailingSince is the first failure with no success after it.
+	// FailingSince is the first failure with no success after it: the clock of
+	// spec.autoDisableAfter.
+	// Written by the health recorder.
 	// +optional
 	FailingSince *metav1.Time `json:"failingSince,omitempty"`
-	// DisabledReason is EndpointGone or FailingTooLong while the endpoint is disabled.
+	// DisabledReason is EndpointGone (the receiver answered 410) or FailingTooLong
+	// (failing for spec.autoDisableAfter) while the endpoint is disabled.
+	// Written by the health recorder.
 	// +optional
 	DisabledReason string `json:"disabledReason,omitempty"`
+	// DisabledGeneration is the endpoint's generation when it was disabled: a change of
+	// the spec after it (a fixed URL, say) enables the endpoint again.
+	// Written by the health recorder.
+	// +optional
+	DisabledGeneration int64 `json:"disabledGeneration,omitempty"`
 }
 
 // WebhookEndpoint is a receiver of webhooks: a URL, its subscriptions and its signing secret.
