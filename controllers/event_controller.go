@@ -282,7 +282,6 @@ func messageID(uid types.UID) string {
 	return "msg_" + strings.ReplaceAll(string(uid), "-", "")
 }
 
-
 // SetupWithManager watches events and the deliveries they own.
 func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
