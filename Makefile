@@ -51,8 +51,11 @@ vet: ## go vet.
 	go vet ./...
 
 .PHONY: test
-test: manifests generate fmt vet envtest kustomize helm ## Run every test against a real API server (envtest).
-	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test ./... -count=1 -timeout 20m
+# -race: the manager is concurrent (workers, batching, caches), so every test runs under
+# the race detector. -parallel 8: the envtest tests wait on receivers and retries far
+# more than they compute, so more of them run at once than there are cores.
+test: manifests generate fmt vet envtest kustomize helm ## Run every test against a real API server (envtest), with the race detector.
+	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test -race ./... -count=1 -parallel 8 -timeout 20m
 
 .PHONY: bench
 bench: build envtest ## The throughput, latency and cost benchmark (prints a table, writes bin/bench-report.json), then the Go benchmarks.

@@ -19,6 +19,7 @@ import (
 // every message arrives at least once, and a message that arrives twice carries the
 // same webhook-id and the same body.
 func TestManagerRestartLosesNothing(t *testing.T) {
+	t.Parallel()
 	const events = 300
 	ctx := context.Background()
 	ns := "own-3"

@@ -85,6 +85,7 @@ func waitDeliveryPhase(t *testing.T, ns, name string, phase hooklinev1.DeliveryP
 }
 
 func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusNoContent)
@@ -171,6 +172,7 @@ func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
 }
 
 func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -243,6 +245,7 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 }
 
 func TestFailingReceiverIsRetriedOnScheduleNotHotLooped(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusInternalServerError, http.StatusOK)
@@ -286,6 +289,7 @@ func TestFailingReceiverIsRetriedOnScheduleNotHotLooped(t *testing.T) {
 }
 
 func TestExhaustedThenManualRetry(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusServiceUnavailable, http.StatusOK)
@@ -330,6 +334,7 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 }
 
 func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusGone)
@@ -355,6 +360,7 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 }
 
 func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -386,6 +392,7 @@ func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
 }
 
 func TestDeletedEndpointFailsItsDeliveries(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	direct := &hooklinev1.WebhookDelivery{

@@ -18,6 +18,7 @@ import (
 )
 
 func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	first := newEndpoint(ns, "first", "https://hooks.example.com/orders", "*")
@@ -66,6 +67,7 @@ func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
 }
 
 func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	r := &EndpointReconciler{Client: k8s, Secrets: SecretReader{Cached: k8s}, AllowInsecureHTTP: false}
@@ -83,6 +85,7 @@ func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
 }
 
 func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	// A user's Secret (not owned by the endpoint) with a malformed value.
@@ -137,6 +140,7 @@ func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
 }
 
 func TestSchemesOnTheWire(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recvStripe := newReceiver(t)
@@ -190,6 +194,7 @@ func TestSchemesOnTheWire(t *testing.T) {
 }
 
 func TestSendTestAnnotation(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
 	ep := activeEndpoint(t, newEndpoint(ns, "t", recv.URL+"/", "invoice.paid"))

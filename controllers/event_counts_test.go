@@ -19,6 +19,7 @@ import (
 // The counts are written out whole, zeros included, even when the event reaches no
 // endpoint: clients read status.deliveries.total and the DELIVERIES column shows 0.
 func TestEventReachingNoEndpointHasZeroCounts(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	if err := k8s.Create(ctx, newEvent(ns, "nobody-listens", "order.created", `{"n":1}`)); err != nil {
@@ -81,6 +82,7 @@ func printerTable(ctx context.Context, t *testing.T, ns, resource string) *metav
 // A manual retry of an Exhausted delivery reaches its event, after the event was
 // complete and after the manager that completed it was replaced by a new one.
 func TestManualRetryReachesTheEventAlsoAfterARestart(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := "own-4"
 	conf := testConfig()

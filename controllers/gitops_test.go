@@ -34,6 +34,7 @@ func kstatusOf(t *testing.T, obj client.Object) status.Status {
 // Argo CD and Flux judge health with kstatus: Current when healthy, InProgress while a
 // change is not yet observed, Failed when only a user can fix it.
 func TestKstatusReadsOurStatus(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -82,6 +83,7 @@ spec:
 // Applying the same YAML twice changes nothing, and the manager never takes ownership of
 // any field outside status (no drift for GitOps tools).
 func TestServerSideApplyTwiceHasNoDrift(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -113,6 +115,7 @@ func TestServerSideApplyTwiceHasNoDrift(t *testing.T) {
 }
 
 func TestAutoDisableAfterFailingTooLongThenSpecChangeEnables(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusInternalServerError)

@@ -33,6 +33,7 @@ func nestedPayload(depth int) []byte {
 // admission was off) when a manager starts: it syncs, delivers everything else, and
 // refuses the bad objects once, with a condition, a Warning Event and a log line.
 func TestHostilyNestedObjectsStopNobody(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := "own-5"
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {

@@ -7,6 +7,7 @@ import (
 )
 
 func TestKeyringKeepsPreviousSecretsForTheirGracePeriodOnly(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	k := keyring{current: "a"}
 	if k.observe("a", time.Hour, now) {
@@ -39,6 +40,7 @@ func TestKeyringKeepsPreviousSecretsForTheirGracePeriodOnly(t *testing.T) {
 }
 
 func TestKeyringIsBounded(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	k := keyring{current: "s0"}
 	for i := 1; i <= 15; i++ {

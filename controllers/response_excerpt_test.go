@@ -18,6 +18,7 @@ import (
 // Binary and markup answers are stored sanitised and within 1 KiB as the API server
 // stores them, with no control character to break `kubectl get -o yaml`.
 func TestResponseExcerptIsSanitisedThenCutAsStored(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	binary := make([]byte, 8192)

@@ -81,6 +81,7 @@ func publishAndReceive(ctx context.Context, t *testing.T, ns, endpoint, eventNam
 }
 
 func TestRotationKeepsThePreviousSecretSigningForTheGracePeriod(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -129,6 +130,7 @@ func TestRotationKeepsThePreviousSecretSigningForTheGracePeriod(t *testing.T) {
 }
 
 func TestSeveralRotationsWithinAGracePeriodKeepEverySecret(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -173,6 +175,7 @@ func userSecretEndpoint(ctx context.Context, t *testing.T, ns, secretName string
 }
 
 func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -204,6 +207,7 @@ func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 }
 
 func TestSecretsNeverReachEventsOrStatus(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t, http.StatusGone)
@@ -262,6 +266,7 @@ func atoi(t *testing.T, s string) int64 {
 // Secret watch, not from a periodic re-read: the first request after it is signed with
 // both values within seconds, with no other change to the endpoint.
 func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)
@@ -290,6 +295,7 @@ func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
 
 // A header's Secret is read once, held, and read again when it changes.
 func TestHeaderSecretChangeIsUsedAtOnce(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	recv := newReceiver(t)

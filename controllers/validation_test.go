@@ -16,6 +16,7 @@ import (
 // What can be judged without the cluster is refused by the API server itself, with the
 // message a user sees from kubectl apply.
 func TestAdmissionRejectsBadEndpoints(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	hmacTS, ed := hooklinev1.SchemeHMACTimestamp, hooklinev1.AlgorithmEd25519
@@ -95,6 +96,7 @@ func TestAdmissionRejectsBadEndpoints(t *testing.T) {
 }
 
 func TestAdmissionRejectsBadEventsAndDeliveries(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	if err := k8s.Create(ctx, newEvent(ns, "e", "Order.Created", `{}`)); err == nil || !strings.Contains(err.Error(), "type must be lower-case and dotted") {
@@ -137,6 +139,7 @@ func TestAdmissionRejectsBadEventsAndDeliveries(t *testing.T) {
 
 // Selectable fields let users filter deliveries server-side.
 func TestDeliverySelectableFields(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	for _, name := range []string{"to-a", "to-b"} {
