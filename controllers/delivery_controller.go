@@ -38,7 +38,7 @@ import (
 type DeliveryReconciler struct {
 	client.Client
 	Secrets       SecretReader
-	Sender        *delivery.Client
+	Sender        delivery.Sender
 	Retention     Retention
 	MaxConcurrent int
 	Recorder      eventRecorder

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,6 +14,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	wire "github.com/hookline/hookline/internal/message"
 	"github.com/hookline/hookline/internal/payload"
 	"github.com/hookline/hookline/internal/signing"
 )
@@ -49,29 +49,11 @@ func loadMessage(ctx context.Context, c client.Reader, d *hooklinev1.WebhookDeli
 	if err := payload.Check(data.Raw); err != nil {
 		return message{}, err // admission refuses it; this one got in before it or around it
 	}
-	body, err := messageBody(d.Spec.EventType, published, data)
+	body, err := wire.Body(d.Spec.EventType, published, data.Raw)
 	if err != nil {
 		return message{}, err
 	}
 	return message{id: messageID(uid), body: body, createdAt: published}, nil
-}
-
-// messageBody is {"type":…,"timestamp":…,"data":…}; the payload's bytes are kept as the
-// API server returned them (compact JSON), so every attempt sends the same bytes.
-func messageBody(eventType string, published time.Time, payload *runtime.RawExtension) ([]byte, error) {
-	if !json.Valid(payload.Raw) {
-		return nil, fmt.Errorf("the payload is not valid JSON")
-	}
-	typ, _ := json.Marshal(eventType)
-	ts := published.UTC().Format(time.RFC3339)
-	body := make([]byte, 0, len(payload.Raw)+len(typ)+len(ts)+40)
-	body = append(body, `{"type":`...)
-	body = append(body, typ...)
-	body = append(body, `,"timestamp":"`...)
-	body = append(body, ts...)
-	body = append(body, `","data":`...)
-	body = append(body, payload.Raw...)
-	return append(body, '}'), nil
 }
 
 // signer returns the endpoint's scheme as a signing.Signer.
@@ -85,31 +67,18 @@ func signer(ep *hooklinev1.WebhookEndpoint) signing.Signer {
 	return signing.Signer{Scheme: signing.StandardWebhooks}
 }
 
-// buildRequest signs the message for this attempt and adds the endpoint's headers.
+// buildRequest resolves the endpoint's headers and signs the message for this attempt.
 func buildRequest(ctx context.Context, secrets SecretReader, ep *hooklinev1.WebhookEndpoint, m message, keys []signing.Key, now time.Time) (delivery.Request, string, error) {
-	ts := now.Unix()
-	sigHeaders, err := signer(ep).Sign(signing.Request{
-		ID: m.id, Timestamp: ts, Body: m.body,
-		Method: "POST", TargetURI: ep.Spec.URL, ContentType: "application/json",
-	}, keys)
-	if err != nil {
-		return delivery.Request{}, "", err
-	}
-	headers := make([]delivery.Header, 0, len(ep.Spec.Headers)+len(sigHeaders)+2)
+	headers := make([]signing.Header, 0, len(ep.Spec.Headers))
 	for _, h := range ep.Spec.Headers {
 		value, err := headerValue(ctx, secrets, ep.Namespace, h)
 		if err != nil {
 			return delivery.Request{}, "", err
 		}
-		headers = append(headers, delivery.Header{Name: h.Name, Value: value})
+		headers = append(headers, signing.Header{Name: h.Name, Value: value})
 	}
-	headers = append(headers,
-		delivery.Header{Name: signing.HeaderWebhookID, Value: m.id},
-		delivery.Header{Name: signing.HeaderWebhookTimestamp, Value: strconv.FormatInt(ts, 10)})
-	for _, h := range sigHeaders {
-		headers = append(headers, delivery.Header{Name: h.Name, Value: h.Value})
-	}
-	return delivery.Request{URL: ep.Spec.URL, Body: m.body, Headers: headers, Timeout: ep.Timeout()}, sigHeaders[0].Value, nil
+	return wire.Build(wire.Attempt{ID: m.id, Body: m.body, URL: ep.Spec.URL, Headers: headers, Signer: signer(ep),
+		Keys: keys, Now: now, Timeout: ep.Timeout()})
 }
 
 func headerValue(ctx context.Context, secrets SecretReader, namespace string, h hooklinev1.EndpointHeader) (string, error) {

@@ -190,11 +190,8 @@ func (r *EndpointReconciler) urlOwner(ctx context.Context, ep *hooklinev1.Webhoo
 		}
 	}
 	sort.Slice(candidates, func(i, j int) bool {
-		a, b := candidates[i].CreationTimestamp, candidates[j].CreationTimestamp
-		if !a.Equal(&b) {
-			return a.Before(&b)
-		}
-		return candidates[i].Name < candidates[j].Name
+		return urlkey.OwnsBefore(urlkey.Holder{Name: candidates[i].Name, Created: candidates[i].CreationTimestamp.Time},
+			urlkey.Holder{Name: candidates[j].Name, Created: candidates[j].CreationTimestamp.Time})
 	})
 	return candidates[0].Name, nil
 }

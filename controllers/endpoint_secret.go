@@ -13,6 +13,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conditions"
+	"github.com/hookline/hookline/internal/keyring"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -138,10 +139,10 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 	if pub := key.PublicKey(); pub != nil {
 		st.PublicKey, st.PublicKeyID = signing.FormatPublicKey(pub), signing.KeyID(pub)
 	}
-	st.PreviousSecretsExpireAt = kr.expiresAt()
+	st.PreviousSecretsExpireAt = kr.ExpiresAt()
 
 	var out secretOutcome
-	if next, ok := kr.nextExpiry(); ok {
+	if next, ok := kr.NextExpiry(); ok {
 		out.requeueAfter = max(next.Sub(now), time.Second)
 	}
 	return out, nil
@@ -150,42 +151,42 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 // syncKeyring records the current value in the keyring: a value not seen before moves
 // the old one to the previous secrets for the grace period; expired ones are dropped.
 // It reports whether the current value changed.
-func (r *EndpointReconciler) syncKeyring(ctx context.Context, ep *hooklinev1.WebhookEndpoint, value string, now time.Time) (keyring, bool, error) {
-	name := keyringName(ep)
+func (r *EndpointReconciler) syncKeyring(ctx context.Context, ep *hooklinev1.WebhookEndpoint, value string, now time.Time) (keyring.Keyring, bool, error) {
+	name := keyring.SecretName(ep.Name)
 	secret, err := r.Secrets.Get(ctx, ep.Namespace, name)
 	if apierrors.IsNotFound(err) {
-		kr := keyring{current: value}
-		secret = newManagedSecret(ep, name, kr.encode())
+		kr := keyring.Keyring{Current: value}
+		secret = newManagedSecret(ep, name, kr.Encode())
 		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
-			return keyring{}, false, err
+			return keyring.Keyring{}, false, err
 		}
 		if err := r.Create(ctx, secret); err != nil {
 			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
-				return keyring{}, false, p
+				return keyring.Keyring{}, false, p
 			}
-			return keyring{}, false, err
+			return keyring.Keyring{}, false, err
 		}
 		return kr, false, nil
 	}
 	if err != nil {
-		return keyring{}, false, err
+		return keyring.Keyring{}, false, err
 	}
 	if !metav1.IsControlledBy(secret, ep) {
-		return keyring{}, false, &secretProblem{fmt.Sprintf("Secret %s exists and is not owned by this endpoint; hookline keeps the endpoint's previous signing secrets under that name: rename or delete it", name)}
+		return keyring.Keyring{}, false, &secretProblem{fmt.Sprintf("Secret %s exists and is not owned by this endpoint; hookline keeps the endpoint's previous signing secrets under that name: rename or delete it", name)}
 	}
-	kr, err := decodeKeyring(secret)
+	kr, err := keyring.Decode(secret.Name, secret.Data)
 	if err != nil {
-		return keyring{}, false, &secretProblem{err.Error()}
+		return keyring.Keyring{}, false, &secretProblem{err.Error()}
 	}
-	changed := kr.observe(value, ep.RotationGracePeriod(), now)
-	pruned := kr.prune(now)
+	changed := kr.Observe(value, ep.RotationGracePeriod(), now)
+	pruned := kr.Prune(now)
 	if changed || pruned {
-		secret.Data = kr.encode()
+		secret.Data = kr.Encode()
 		if err := r.Update(ctx, secret); err != nil {
 			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
-				return keyring{}, false, p
+				return keyring.Keyring{}, false, p
 			}
-			return keyring{}, false, err
+			return keyring.Keyring{}, false, err
 		}
 	}
 	return kr, changed, nil

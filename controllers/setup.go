@@ -21,7 +21,7 @@ import (
 // Config is what the manager's flags decide for the reconcilers.
 type Config struct {
 	AllowInsecureHTTP       bool
-	Sender                  *delivery.Client
+	Sender                  delivery.Sender
 	MaxConcurrentDeliveries int
 	Retention               Retention
 	// UserSecretPoll is how often an endpoint whose Secrets are not in order looks

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/keyring"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -101,19 +102,19 @@ func newManagedSecret(ep *hooklinev1.WebhookEndpoint, name string, data map[stri
 // from the keyring the endpoint controller keeps (always in the cache).
 func loadSigningKeys(ctx context.Context, c client.Reader, ep *hooklinev1.WebhookEndpoint, now time.Time) ([]signing.Key, error) {
 	var s corev1.Secret
-	if err := c.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: keyringName(ep)}, &s); err != nil {
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ep.Namespace, Name: keyring.SecretName(ep.Name)}, &s); err != nil {
 		return nil, err
 	}
 	if !metav1.IsControlledBy(&s, ep) {
 		return nil, &secretProblem{fmt.Sprintf("Secret %s is not the keyring of this endpoint", s.Name)}
 	}
-	kr, err := decodeKeyring(&s)
+	kr, err := keyring.Decode(s.Name, s.Data)
 	if err != nil {
 		return nil, &secretProblem{err.Error()}
 	}
 	want := wantAlgorithm(ep)
 	var keys []signing.Key
-	for _, v := range kr.signingValues(now) {
+	for _, v := range kr.SigningValues(now) {
 		k, err := signing.ParseSecret(v)
 		if err != nil || k.Algorithm() != want {
 			continue // a secret of the algorithm the endpoint used before cannot sign now

@@ -237,13 +237,15 @@ func (a *app) findByURL(ctx context.Context, normalized string) (*hooklinev1.Web
 		if n, err := urlkey.Normalize(ep.Spec.URL); err != nil || n != normalized {
 			continue
 		}
-		// The owner of a URL is the oldest endpoint holding it, as the controller decides.
-		if owner == nil || ep.CreationTimestamp.Before(&owner.CreationTimestamp) ||
-			(ep.CreationTimestamp.Equal(&owner.CreationTimestamp) && ep.Name < owner.Name) {
+		if owner == nil || urlkey.OwnsBefore(urlHolder(ep), urlHolder(owner)) {
 			owner = ep
 		}
 	}
 	return owner, nil
+}
+
+func urlHolder(ep *hooklinev1.WebhookEndpoint) urlkey.Holder {
+	return urlkey.Holder{Name: ep.Name, Created: ep.CreationTimestamp.Time}
 }
 
 // nameFromURL derives a valid, stable object name from a URL: its host and path, and

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hookline/hookline/internal/backoff"
+	"github.com/hookline/hookline/internal/signing"
 )
 
 // drainLimit is how much more is read so the connection can be reused; beyond it the
@@ -83,17 +84,11 @@ func NewClient(opts Options) *Client {
 	}
 }
 
-// Header is one request header.
-type Header struct {
-	Name  string
-	Value string
-}
-
 // Request is one attempt.
 type Request struct {
 	URL     string
 	Body    []byte
-	Headers []Header
+	Headers []signing.Header
 	Timeout time.Duration
 }
 
@@ -108,6 +103,12 @@ type Result struct {
 	Error      string
 	Duration   time.Duration
 	RetryAfter time.Duration
+}
+
+// Sender makes attempts; *Client is the real one, and a test may put another behind
+// the seam.
+type Sender interface {
+	Send(ctx context.Context, r Request) Result
 }
 
 // Send makes one attempt. It never returns an error: every failure is a Result.

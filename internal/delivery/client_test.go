@@ -9,12 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hookline/hookline/internal/signing"
 )
 
 func send(t *testing.T, c *Client, url string, timeout time.Duration) Result {
 	t.Helper()
 	return c.Send(context.Background(), Request{URL: url, Body: []byte(`{"a":1}`), Timeout: timeout,
-		Headers: []Header{{"webhook-id", "msg_1"}, {"X-Tenant", "acme"}}})
+		Headers: []signing.Header{{Name: "webhook-id", Value: "msg_1"}, {Name: "X-Tenant", Value: "acme"}}})
 }
 
 func TestOutcomes(t *testing.T) {

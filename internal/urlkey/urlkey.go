@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Normalize lower-cases the scheme and host, drops the default port and the fragment,
@@ -48,4 +49,19 @@ func Normalize(raw string) (string, error) {
 func IndexKey(normalized string) string {
 	sum := sha256.Sum256([]byte(normalized))
 	return hex.EncodeToString(sum[:20])
+}
+
+// Holder is an endpoint holding a URL, as the ownership rule sees it.
+type Holder struct {
+	Name    string
+	Created time.Time
+}
+
+// OwnsBefore reports whether a owns a URL that b holds too: the oldest endpoint owns
+// it, then the smaller name. The controller and kubectl-hookline both decide by it.
+func OwnsBefore(a, b Holder) bool {
+	if !a.Created.Equal(b.Created) {
+		return a.Created.Before(b.Created)
+	}
+	return a.Name < b.Name
 }
