@@ -357,6 +357,23 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 	if ep.Status.LastHandledEnable != "now" || ep.Status.DisabledReason != "" {
 		t.Fatalf("after enable: %+v", ep.Status)
 	}
+	// The story is in the log (V(1)), naming the endpoint.
+	log := managerLog.String()
+	for _, want := range []string{"disabled", "re-enabled", "readiness changed"} {
+		if !logNames(log, want, ns, "gone") {
+			t.Errorf("no %q log line names the endpoint", want)
+		}
+	}
+}
+
+// logNames reports whether a manager log line with this message names the object.
+func logNames(log, msg, ns, name string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "\t"+msg+"\t") && strings.Contains(line, `{"name":"`+name+`","namespace":"`+ns+`"}`) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {

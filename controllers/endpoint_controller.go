@@ -74,7 +74,7 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, hooklinev1.ConditionStalled)
 	}
-	r.recordTransitions(before, &ep)
+	r.recordTransitions(ctx, before, &ep)
 
 	if !equality.Semantic.DeepEqual(before.Status, ep.Status) {
 		if err := r.Status().Patch(ctx, &ep, client.MergeFrom(before)); err != nil {
@@ -235,13 +235,19 @@ func (r *EndpointReconciler) handleSendTest(ctx context.Context, ep *hooklinev1.
 	return nil
 }
 
-// recordTransitions emits Kubernetes Events for changes a user wants to hear about.
-func (r *EndpointReconciler) recordTransitions(before, after *hooklinev1.WebhookEndpoint) {
+// recordTransitions logs a change of readiness and emits Kubernetes Events for the
+// changes a user wants to hear about.
+func (r *EndpointReconciler) recordTransitions(ctx context.Context, before, after *hooklinev1.WebhookEndpoint) {
 	was := meta.FindStatusCondition(before.Status.Conditions, hooklinev1.ConditionReady)
 	now := meta.FindStatusCondition(after.Status.Conditions, hooklinev1.ConditionReady)
 	if now == nil || (was != nil && was.Reason == now.Reason) {
 		return
 	}
+	from := ""
+	if was != nil {
+		from = was.Reason
+	}
+	logf.FromContext(ctx).V(1).Info("readiness changed", "endpoint", client.ObjectKeyFromObject(after), "from", from, "to", now.Reason, "message", now.Message)
 	switch now.Reason {
 	case hooklinev1.ReasonDuplicateURL:
 		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, hooklinev1.ReasonDuplicateURL, "CheckURL", "%s", now.Message)

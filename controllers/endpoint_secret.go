@@ -9,7 +9,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conditions"
@@ -85,6 +87,7 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
 				hooklinev1.AnnotationRotateSecret, secret.Name)
 			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg, now)
+			logf.FromContext(ctx).V(1).Info("rotation refused: user-managed Secret", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name)
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
 		} else if token == "" || secret.Annotations[rotatedForAnnotation] != token {
 			// The token is written with the new value, and the write carries the
@@ -112,6 +115,7 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 			}
 			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
 				fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()), now)
+			logf.FromContext(ctx).V(1).Info("rotated", "endpoint", client.ObjectKeyFromObject(ep), "token", token, "gracePeriod", ep.RotationGracePeriod())
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
 				"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
 		} else {
@@ -129,6 +133,7 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 	if changed {
 		st.LastRotationTime = &metav1.Time{Time: now}
 		if userManaged && changed {
+			logf.FromContext(ctx).V(1).Info("user's Secret changed; the previous value keeps signing", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name, "gracePeriod", ep.RotationGracePeriod())
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretChanged", "RotateSecret",
 				"Secret %s has a new value; the previous one keeps signing for %s", secret.Name, ep.RotationGracePeriod())
 		}

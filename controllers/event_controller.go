@@ -67,6 +67,7 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	// A complete event is still counted on every change of its deliveries: a manual
 	// retry can turn an Exhausted delivery into a Succeeded one long after completion.
 	if expired, _ := r.retentionLeft(&ev); expired {
+		logf.FromContext(ctx).V(1).Info("pruned: retention passed", "event", req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID},
 			client.PropagationPolicy(metav1.DeletePropagationBackground)))
 	}

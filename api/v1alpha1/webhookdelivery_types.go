@@ -24,6 +24,7 @@ func (p DeliveryPhase) Finished() bool {
 
 // LocalRef names an object in the same namespace.
 type LocalRef struct {
+	// Name of the object.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
@@ -60,37 +61,52 @@ type WebhookDeliverySpec struct {
 
 // AttemptRecord is one attempt of a delivery.
 type AttemptRecord struct {
+	// Time is when the attempt was made, to the microsecond.
 	Time metav1.MicroTime `json:"time"`
+	// DurationMs is how long the receiver took to answer (or the attempt to fail).
 	// +optional
 	DurationMs int64 `json:"durationMs,omitempty"`
+	// StatusCode is the receiver's HTTP status; absent when no answer came.
 	// +optional
 	StatusCode int32 `json:"statusCode,omitempty"`
 	// Error says why the attempt failed when no HTTP status explains it.
 	// +optional
 	Error string `json:"error,omitempty"`
-	// Response is the start of the response body, at most 1 KiB.
+	// Response is the start of the response body as printable UTF-8 (invalid bytes and
+	// control characters other than newline and tab become U+FFFD), at most 1 KiB as
+	// stored.
 	// +optional
 	Response string `json:"response,omitempty"`
 }
 
 // WebhookDeliveryStatus is the fate of the delivery.
 type WebhookDeliveryStatus struct {
+	// ObservedGeneration is the generation the manager last acted on.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Phase: Pending, Retrying, Succeeded, Failed (not retried: 410 Gone, endpoint
+	// deleted or disabled, a bad payload, a blocked address) or Exhausted (maxAttempts
+	// reached).
 	// +optional
 	Phase DeliveryPhase `json:"phase,omitempty"`
 	// MessageID is the webhook-id: the same on every attempt and endpoint.
 	// +optional
 	MessageID string `json:"messageId,omitempty"`
+	// Attempts counts the attempts made (since the last manual retry).
 	// +optional
 	Attempts int32 `json:"attempts,omitempty"`
+	// ResponseStatusCode is the HTTP status of the last attempt; absent when no answer came.
 	// +optional
 	ResponseStatusCode int32 `json:"responseStatusCode,omitempty"`
-	// Attempt times have microseconds: retries can be seconds apart and latency matters.
+	// LastAttemptTime is when the last attempt was made. Attempt times have
+	// microseconds: retries can be seconds apart and latency matters.
 	// +optional
 	LastAttemptTime *metav1.MicroTime `json:"lastAttemptTime,omitempty"`
+	// NextAttemptTime is when the next attempt is due, while Retrying.
 	// +optional
 	NextAttemptTime *metav1.MicroTime `json:"nextAttemptTime,omitempty"`
+	// CompletionTime is when the delivery finished (Succeeded, Failed or Exhausted);
+	// retention counts from it.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 	// Signature is the signature header sent last.
@@ -100,8 +116,12 @@ type WebhookDeliveryStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=10
 	History []AttemptRecord `json:"history,omitempty"`
+	// LastHandledRetry is the hookline.dev/retry token last acted on.
 	// +optional
 	LastHandledRetry string `json:"lastHandledRetry,omitempty"`
+	// Conditions: Succeeded (True: Delivered; Unknown: Retrying, Waiting; False:
+	// MaxAttempts, EndpointGone, EndpointDeleted, EndpointDisabled, BlockedAddress,
+	// BadPayload), with a message that says what happened and what to do.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -131,10 +131,12 @@ type HeaderValueSource struct {
 
 // SecretKeyReference names a key of a Secret in the same namespace.
 type SecretKeyReference struct {
+	// Name of the Secret, in the endpoint's namespace.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
+	// Key of the Secret's data whose value is the header's value.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253

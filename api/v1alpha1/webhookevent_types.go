@@ -33,22 +33,29 @@ type WebhookEventSpec struct {
 // endpoint reads total: 0). The fields are optional because status is written by
 // merge patch, which leaves unchanged counters out of the request.
 type DeliveryCounts struct {
+	// Total is the number of deliveries the fan-out made.
 	// +optional
 	Total int32 `json:"total"`
+	// Pending deliveries have not been attempted yet (or wait for their endpoint).
 	// +optional
 	Pending int32 `json:"pending"`
+	// Retrying deliveries failed an attempt and wait for the next.
 	// +optional
 	Retrying int32 `json:"retrying"`
+	// Succeeded deliveries were accepted by their receiver (2xx).
 	// +optional
 	Succeeded int32 `json:"succeeded"`
+	// Failed deliveries will not be retried without hookline.dev/retry.
 	// +optional
 	Failed int32 `json:"failed"`
+	// Exhausted deliveries used every attempt of their endpoint's retry policy.
 	// +optional
 	Exhausted int32 `json:"exhausted"`
 }
 
 // WebhookEventStatus is the fate of the event's deliveries.
 type WebhookEventStatus struct {
+	// ObservedGeneration is the generation the manager last acted on.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// MessageID is the webhook-id shared by all of the event's deliveries.
