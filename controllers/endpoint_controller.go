@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -99,22 +98,18 @@ func notReady(reason, message string) readiness {
 	return readiness{status: metav1.ConditionFalse, reason: reason, message: message, stalled: true}
 }
 
-// evaluate runs the checks in order; the first that fails decides the condition.
+// evaluate gathers, checks and acts; the first check that decides sets the condition.
 func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.WebhookEndpoint, now time.Time) (readiness, error) {
-	normalized, err := urlkey.Normalize(ep.Spec.URL)
-	if err != nil {
-		return notReady(hooklinev1.ReasonInvalidSpec, fmt.Sprintf("spec.url: %v", err)), nil
+	var obs endpointObservation
+	obs.normalizedURL, obs.urlErr = urlkey.Normalize(ep.Spec.URL)
+	if ready, decided := checkURL(obs, r.AllowInsecureHTTP); decided {
+		return ready, nil // nothing to read for an unusable URL
 	}
-	if strings.HasPrefix(normalized, "http://") && !r.AllowInsecureHTTP {
-		return notReady(hooklinev1.ReasonInvalidSpec, "spec.url is http://: use https://, or run the manager with --allow-insecure-http (local development only)"), nil
-	}
-	owner, err := r.urlOwner(ctx, ep)
-	if err != nil {
+	if err := r.gather(ctx, ep, &obs); err != nil {
 		return readiness{}, err
 	}
-	if owner != ep.Name {
-		return notReady(hooklinev1.ReasonDuplicateURL,
-			fmt.Sprintf("WebhookEndpoint %s already holds the URL %s in this namespace; this endpoint receives nothing until that one is deleted or changes its URL", owner, normalized)), nil
+	if ready, decided := checkURLOwner(ep, obs); decided {
+		return ready, nil
 	}
 	secrets, err := r.ensureSigningSecret(ctx, ep, now)
 	if err != nil {
@@ -123,11 +118,29 @@ func (r *EndpointReconciler) evaluate(ctx context.Context, ep *hooklinev1.Webhoo
 	if secrets.problem != "" {
 		return r.secretInvalid(secrets.problem), nil
 	}
-	ready, err := r.evaluateDelivering(ctx, ep)
-	if ready.requeueAfter == 0 {
-		ready.requeueAfter = secrets.requeueAfter
+	if obs.headerProblem != "" {
+		return r.secretInvalid(obs.headerProblem), nil
 	}
-	return ready, err
+	ready := deliveringReadiness(ep)
+	if ready.reason != hooklinev1.ReasonDisabled {
+		if err := r.handleSendTest(ctx, ep); err != nil {
+			return readiness{}, err
+		}
+	}
+	ready.requeueAfter = secrets.requeueAfter
+	return ready, nil
+}
+
+// gather reads what the checks need: who owns the URL, and whether the headers'
+// Secrets are there.
+func (r *EndpointReconciler) gather(ctx context.Context, ep *hooklinev1.WebhookEndpoint, obs *endpointObservation) error {
+	owner, err := r.urlOwner(ctx, ep)
+	if err != nil {
+		return err
+	}
+	obs.urlOwner = owner
+	obs.headerProblem, err = r.checkHeaderSecrets(ctx, ep)
+	return err
 }
 
 // DefaultUserSecretPoll is how often an endpoint whose Secrets are not in order looks
@@ -142,26 +155,6 @@ func (r *EndpointReconciler) secretInvalid(problem string) readiness {
 		ready.requeueAfter = DefaultUserSecretPoll
 	}
 	return ready
-}
-
-// evaluateDelivering decides between Disabled, Paused and Active, once the URL and
-// the secrets are in order.
-func (r *EndpointReconciler) evaluateDelivering(ctx context.Context, ep *hooklinev1.WebhookEndpoint) (readiness, error) {
-	if problem, err := r.checkHeaderSecrets(ctx, ep); err != nil {
-		return readiness{}, err
-	} else if problem != "" {
-		return r.secretInvalid(problem), nil
-	}
-	if ep.Disabled() {
-		return notReady(hooklinev1.ReasonDisabled, disabledMessage(ep)), nil
-	}
-	if err := r.handleSendTest(ctx, ep); err != nil {
-		return readiness{}, err
-	}
-	if ep.Spec.Paused {
-		return readiness{status: metav1.ConditionTrue, reason: hooklinev1.ReasonPaused, message: "paused by spec.paused: nothing new is enqueued and pending retries wait"}, nil
-	}
-	return readiness{status: metav1.ConditionTrue, reason: hooklinev1.ReasonActive, message: "accepting deliveries"}, nil
 }
 
 func disabledMessage(ep *hooklinev1.WebhookEndpoint) string {

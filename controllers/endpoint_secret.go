@@ -32,112 +32,119 @@ type secretOutcome struct {
 	requeueAfter time.Duration // a grace period ends
 }
 
-// ensureSigningSecret creates the managed signing Secret, rotates it on a new token,
-// notices a new value of a user's Secret, and keeps the keyring (current and previous
-// secrets) and the status that describes it true.
+// ensureSigningSecret keeps the signing Secret, the keyring (current and previous
+// secrets) and the status that describes them true: it reads the Secret, lets
+// planSigningSecret decide, acts on the plan, syncs the keyring, and describes the
+// result in status.
 func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hooklinev1.WebhookEndpoint, now time.Time) (secretOutcome, error) {
 	st := &ep.Status
 	st.SecretName = ep.SigningSecretName()
-	token := ep.Annotations[hooklinev1.AnnotationRotateSecret]
-	wantsRotation := token != "" && token != st.LastHandledRotateSecret
-
 	secret, err := r.Secrets.Get(ctx, ep.Namespace, st.SecretName)
-	switch {
-	case apierrors.IsNotFound(err):
-		data, err := newSigningSecretData(ep)
-		if err != nil {
-			return secretOutcome{}, err
-		}
-		secret = newManagedSecret(ep, st.SecretName, data)
-		if token != "" {
-			// A fresh secret answers the token present at creation.
-			metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, token)
-		}
-		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
-			return secretOutcome{}, err
-		}
-		if err := r.Create(ctx, secret); err != nil {
-			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
-				return secretOutcome{problem: p.msg}, nil
-			}
-			return secretOutcome{}, err // AlreadyExists included: the next reconcile reads it
-		}
-		st.LastHandledRotateSecret = token // a fresh secret answers any pending request
-		wantsRotation = false
-	case err != nil:
+	if apierrors.IsNotFound(err) {
+		secret, err = nil, nil
+	}
+	if err != nil {
 		return secretOutcome{}, err
 	}
-	userManaged := !metav1.IsControlledBy(secret, ep)
-
-	_, value, err := currentKey(secret, ep)
-	var problem *secretProblem
-	switch {
-	case errors.As(err, &problem) && userManaged:
+	plan := planSigningSecret(ep, secret)
+	if plan.action == secretUserInvalid {
 		st.SecretHint, st.PublicKey, st.PublicKeyID = "", "", ""
-		return secretOutcome{problem: problem.msg}, nil
-	case errors.As(err, &problem):
-		wantsRotation = true // our own Secret no longer fits the spec (the algorithm changed): replace it
-	case err != nil:
+		return secretOutcome{problem: plan.problem}, nil
+	}
+	secret, problem, err := r.applySecretPlan(ctx, ep, secret, plan, now)
+	if err != nil || problem != "" {
+		return secretOutcome{problem: problem}, err
+	}
+	_, value, err := currentKey(secret, ep)
+	if err != nil {
 		return secretOutcome{}, err
 	}
-
-	if wantsRotation {
-		if userManaged {
-			st.LastHandledRotateSecret = token
-			msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
-				hooklinev1.AnnotationRotateSecret, secret.Name)
-			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg, now)
-			logf.FromContext(ctx).V(1).Info("rotation refused: user-managed Secret", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name)
-			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
-		} else if token == "" || secret.Annotations[rotatedForAnnotation] != token {
-			// The token is written with the new value, and the write carries the
-			// resourceVersion read: a reconcile working from a stale cache cannot
-			// rotate twice for one token.
-			data, err := newSigningSecretData(ep)
-			if err != nil {
-				return secretOutcome{}, err
-			}
-			secret.Data = data
-			if token != "" {
-				metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, token)
-			}
-			if err := r.Update(ctx, secret); err != nil {
-				if p := forbiddenToWrite(err, ep.Namespace); p != nil {
-					return secretOutcome{problem: p.msg}, nil
-				}
-				return secretOutcome{}, err
-			}
-			if _, value, err = currentKey(secret, ep); err != nil {
-				return secretOutcome{}, err
-			}
-			if token != "" && token != st.LastHandledRotateSecret {
-				st.LastHandledRotateSecret = token
-			}
-			conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
-				fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()), now)
-			logf.FromContext(ctx).V(1).Info("rotated", "endpoint", client.ObjectKeyFromObject(ep), "token", token, "gracePeriod", ep.RotationGracePeriod())
-			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
-				"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
-		} else {
-			st.LastHandledRotateSecret = token // rotated already; the status write was lost
-		}
-	}
-
 	kr, changed, err := r.syncKeyring(ctx, ep, value, now)
-	if errors.As(err, &problem) {
-		return secretOutcome{problem: problem.msg}, nil
+	var p *secretProblem
+	if errors.As(err, &p) {
+		return secretOutcome{problem: p.msg}, nil
 	}
 	if err != nil {
 		return secretOutcome{}, err
 	}
 	if changed {
 		st.LastRotationTime = &metav1.Time{Time: now}
-		if userManaged && changed {
+		if !metav1.IsControlledBy(secret, ep) {
 			logf.FromContext(ctx).V(1).Info("user's Secret changed; the previous value keeps signing", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name, "gracePeriod", ep.RotationGracePeriod())
 			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretChanged", "RotateSecret",
 				"Secret %s has a new value; the previous one keeps signing for %s", secret.Name, ep.RotationGracePeriod())
 		}
 	}
+	return describeSigning(st, value, kr, now), nil
+}
+
+// applySecretPlan carries out the plan: it creates or rotates the Secret, or answers
+// a rotation request it cannot act on, and records the token in status. It returns the
+// Secret as it now is, or a problem for the user.
+func (r *EndpointReconciler) applySecretPlan(ctx context.Context, ep *hooklinev1.WebhookEndpoint, secret *corev1.Secret, plan secretPlan, now time.Time) (*corev1.Secret, string, error) {
+	st := &ep.Status
+	switch plan.action {
+	case secretCreate:
+		data, err := newSigningSecretData(ep)
+		if err != nil {
+			return nil, "", err
+		}
+		secret = newManagedSecret(ep, st.SecretName, data)
+		if plan.token != "" {
+			// A fresh secret answers the token present at creation.
+			metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, plan.token)
+		}
+		if err := controllerutil.SetControllerReference(ep, secret, r.Scheme()); err != nil {
+			return nil, "", err
+		}
+		if err := r.Create(ctx, secret); err != nil {
+			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+				return nil, p.msg, nil
+			}
+			return nil, "", err // AlreadyExists included: the next reconcile reads it
+		}
+		st.LastHandledRotateSecret = plan.token // a fresh secret answers any pending request
+	case secretRefuseRotation:
+		st.LastHandledRotateSecret = plan.token
+		msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
+			hooklinev1.AnnotationRotateSecret, secret.Name)
+		conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg, now)
+		logf.FromContext(ctx).V(1).Info("rotation refused: user-managed Secret", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name)
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
+	case secretRotate:
+		data, err := newSigningSecretData(ep)
+		if err != nil {
+			return nil, "", err
+		}
+		secret = secret.DeepCopy()
+		secret.Data = data
+		if plan.token != "" {
+			metav1.SetMetaDataAnnotation(&secret.ObjectMeta, rotatedForAnnotation, plan.token)
+		}
+		// The write carries the resourceVersion read: a stale read cannot rotate twice.
+		if err := r.Update(ctx, secret); err != nil {
+			if p := forbiddenToWrite(err, ep.Namespace); p != nil {
+				return nil, p.msg, nil
+			}
+			return nil, "", err
+		}
+		if plan.token != "" {
+			st.LastHandledRotateSecret = plan.token
+		}
+		conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
+			fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()), now)
+		logf.FromContext(ctx).V(1).Info("rotated", "endpoint", client.ObjectKeyFromObject(ep), "token", plan.token, "gracePeriod", ep.RotationGracePeriod())
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
+			"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
+	case secretRotatedAlready:
+		st.LastHandledRotateSecret = plan.token
+	}
+	return secret, "", nil
+}
+
+// describeSigning fills the status fields that describe the signing secrets (never a
+// value) and says when the endpoint must be looked at again: when a grace period ends.
+func describeSigning(st *hooklinev1.WebhookEndpointStatus, value string, kr keyring.Keyring, now time.Time) secretOutcome {
 	key, _ := signing.ParseSecret(value)
 	st.SecretHint = key.Hint()
 	st.PublicKey, st.PublicKeyID = "", ""
@@ -145,12 +152,11 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 		st.PublicKey, st.PublicKeyID = signing.FormatPublicKey(pub), signing.KeyID(pub)
 	}
 	st.PreviousSecretsExpireAt = kr.ExpiresAt()
-
 	var out secretOutcome
 	if next, ok := kr.NextExpiry(); ok {
 		out.requeueAfter = max(next.Sub(now), time.Second)
 	}
-	return out, nil
+	return out
 }
 
 // syncKeyring records the current value in the keyring: a value not seen before moves
