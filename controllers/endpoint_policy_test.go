@@ -39,7 +39,9 @@ func signingSecret(t *testing.T, owner *hooklinev1.WebhookEndpoint, value string
 func TestPlanSigningSecret(t *testing.T) {
 	t.Parallel()
 	hmac, _ := signing.NewHMACSecret()
-	rotate := func(token string) map[string]string { return map[string]string{hooklinev1.AnnotationRotateSecret: token} }
+	rotate := func(token string) map[string]string {
+		return map[string]string{hooklinev1.AnnotationRotateSecret: token}
+	}
 	cases := []struct {
 		name   string
 		ep     *hooklinev1.WebhookEndpoint
