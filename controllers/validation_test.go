@@ -68,12 +68,14 @@ func TestAdmissionRejectsBadEndpoints(t *testing.T) {
 			"headerName applies to the HMACTimestamp scheme only"},
 	}
 	for i, c := range cases {
-		ep := newEndpoint(ns, "bad-"+string(rune('a'+i)), "https://example.com/hooks", "order.created")
-		c.mutate(ep)
-		err := k8s.Create(ctx, ep)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v\nwant it to contain %q", c.name, err, c.want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			ep := newEndpoint(ns, "bad-"+string(rune('a'+i)), "https://example.com/hooks", "order.created")
+			c.mutate(ep)
+			err := k8s.Create(ctx, ep)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("err = %v\nwant it to contain %q", err, c.want)
+			}
+		})
 	}
 	// And the good ones pass.
 	good := newEndpoint(ns, "good", "https://Example.com:443/hooks", "order.created", "order.succeeded", "a_b.c_1")
