@@ -36,6 +36,7 @@ type options struct {
 	allowInsecureHTTP          bool
 	allowPrivateNetworks       bool
 	maxConcurrentDeliveries    int
+	endpointMaxInFlight        int
 	retentionSucceeded         time.Duration
 	retentionFailed            time.Duration
 	kubeAPIQPS                 float64
@@ -60,11 +61,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.leaderElectionID, "leader-election-id", "hookline.hookline.dev", "name of the leader election Lease")
 	fs.BoolVar(&o.allowInsecureHTTP, "allow-insecure-http", false, "permit http:// endpoint URLs (local development only)")
 	fs.BoolVar(&o.allowPrivateNetworks, "allow-private-networks", false, "permit targets on loopback, private, link-local and metadata addresses")
-	fs.IntVar(&o.maxConcurrentDeliveries, "max-concurrent-deliveries", 64, "attempts in flight across all endpoints")
+	fs.IntVar(&o.maxConcurrentDeliveries, "max-concurrent-deliveries", 64, "attempts in flight across all endpoints, and connections open to receivers")
+	fs.IntVar(&o.endpointMaxInFlight, "endpoint-max-in-flight", 0, "attempts in flight to one endpoint that sets no rateLimit.maxInFlight (0: a quarter of --max-concurrent-deliveries)")
 	fs.DurationVar(&o.retentionSucceeded, "delivery-retention-succeeded", 24*time.Hour, "delete Succeeded deliveries (and finished events) this long after completion")
 	fs.DurationVar(&o.retentionFailed, "delivery-retention-failed", 168*time.Hour, "delete Failed and Exhausted deliveries this long after completion")
-	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 50, "queries per second to the API server")
-	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
 	fs.StringVar(&o.watchNamespaces, "watch-namespaces", "", "comma-separated namespaces to watch (default: every namespace)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -83,8 +85,11 @@ func parseFlags(args []string) (*options, error) {
 	if err := o.webhook.Validate(); err != nil {
 		return nil, err
 	}
-	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst < 1 {
-		return nil, fmt.Errorf("--kube-api-qps and --kube-api-burst must be positive")
+	if o.kubeAPIQPS == 0 || o.kubeAPIBurst < 1 {
+		return nil, fmt.Errorf("--kube-api-qps must be positive, or negative for no client-side limit; --kube-api-burst must be positive")
+	}
+	if o.endpointMaxInFlight < 0 {
+		return nil, fmt.Errorf("--endpoint-max-in-flight must not be negative")
 	}
 	return o, nil
 }
@@ -167,9 +172,11 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("manager: %w", err)
 	}
 	if err := controllers.Setup(ctx, mgr, controllers.Config{
-		AllowInsecureHTTP:       o.allowInsecureHTTP,
-		Sender:                  delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent()}),
+		AllowInsecureHTTP: o.allowInsecureHTTP,
+		Sender: delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent(),
+			MaxOpenConns: o.maxConcurrentDeliveries}),
 		MaxConcurrentDeliveries: o.maxConcurrentDeliveries,
+		EndpointMaxInFlight:     o.endpointMaxInFlight,
 		Retention:               controllers.Retention{Succeeded: o.retentionSucceeded, Failed: o.retentionFailed},
 		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {

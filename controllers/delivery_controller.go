@@ -41,8 +41,10 @@ type DeliveryReconciler struct {
 	Sender        delivery.Sender
 	Retention     Retention
 	MaxConcurrent int
-	Recorder      eventRecorder
-	Clock         clock.Clock
+	// EndpointMaxInFlight is the in-flight cap of an endpoint that sets no maxInFlight.
+	EndpointMaxInFlight int
+	Recorder            eventRecorder
+	Clock               clock.Clock
 
 	// throttle enforces the endpoints' rateLimit; wakeups carries the deliveries it
 	// wakes when an in-flight slot frees up.
@@ -55,6 +57,8 @@ type DeliveryReconciler struct {
 	// so that a reconcile reading a cache that has not caught up with our own write yet
 	// does not send the message a second time.
 	attempted sync.Map // types.UID -> int32
+	// reduced holds the endpoints ("namespace/name") whose concurrency is reduced.
+	reduced sync.Map
 }
 
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookdeliveries,verbs=get;list;watch;create;delete
@@ -133,7 +137,8 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		return ctrl.Result{}, nil
 	}
 
-	admission := r.throttle.Acquire(ep.Namespace+"/"+ep.Name, req.String(), rateLimits(ep), now)
+	limits := r.limits(ep)
+	admission := r.throttle.Acquire(ep.Namespace+"/"+ep.Name, req.String(), limits, now)
 	if !admission.Admitted() {
 		logf.FromContext(ctx).V(1).Info("backpressure: endpoint limit reached", "delivery", req.NamespacedName, "endpoint", ep.Name, "retryAfter", admission.RetryAfter)
 		if admission.RetryAfter > 0 {
@@ -153,6 +158,9 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		return ctrl.Result{}, err
 	}
 	attempted = &attemptDone{endpoint: ep, outcome: res.Outcome, at: now}
+	if res.Outcome != delivery.Invalid {
+		r.adapt(ctx, ep, res.TimedOut, limits)
+	}
 	if st.Phase.Finished() {
 		return r.finishedResult(&d), nil
 	}
@@ -321,6 +329,44 @@ func (r *DeliveryReconciler) wake(caller string) {
 // inFlightSafetyRequeue brings back a delivery waiting for an in-flight slot in case
 // its wakeup was lost.
 const inFlightSafetyRequeue = 30 * time.Second
+
+// limits are the endpoint's rateLimit, with the default share of the global cap when
+// it sets no maxInFlight: N deliveries to one endpoint never occupy every worker.
+func (r *DeliveryReconciler) limits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
+	lim := rateLimits(ep)
+	if lim.MaxInFlight <= 0 {
+		lim.MaxInFlight = r.EndpointMaxInFlight
+	}
+	return lim
+}
+
+// adapt feeds an attempt's outcome to the throttle: an endpoint whose attempts time
+// out gets fewer at once, and more again as it answers.
+func (r *DeliveryReconciler) adapt(ctx context.Context, ep *hooklinev1.WebhookEndpoint, timedOut bool, lim throttle.Limits) {
+	key := ep.Namespace + "/" + ep.Name
+	reduced := r.throttle.Outcome(key, timedOut, lim)
+	switch {
+	case timedOut:
+		logf.FromContext(ctx).V(1).Info("concurrency reduced: attempts time out", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", reduced)
+	case reduced == 0 && r.wasReduced(key, false):
+		logf.FromContext(ctx).V(1).Info("concurrency restored: the endpoint answers again", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", lim.MaxInFlight)
+	}
+	if timedOut {
+		r.wasReduced(key, true)
+	}
+}
+
+// wasReduced reports whether the endpoint's concurrency was reduced, and records
+// whether it is now.
+func (r *DeliveryReconciler) wasReduced(key string, now bool) bool {
+	_, was := r.reduced.Load(key)
+	if now {
+		r.reduced.Store(key, struct{}{})
+	} else {
+		r.reduced.Delete(key)
+	}
+	return was
+}
 
 func rateLimits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
 	var lim throttle.Limits

@@ -23,7 +23,10 @@ type Config struct {
 	AllowInsecureHTTP       bool
 	Sender                  delivery.Sender
 	MaxConcurrentDeliveries int
-	Retention               Retention
+	// EndpointMaxInFlight caps the attempts in flight to an endpoint that sets no
+	// rateLimit.maxInFlight; 0 means a quarter of MaxConcurrentDeliveries.
+	EndpointMaxInFlight int
+	Retention           Retention
 	// UserSecretPoll is how often an endpoint whose Secrets are not in order looks
 	// again (DefaultUserSecretPoll when zero).
 	UserSecretPoll time.Duration
@@ -74,15 +77,16 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("event controller: %w", err)
 	}
 	deliveries := &DeliveryReconciler{
-		Client:        mgr.GetClient(),
-		Secrets:       secrets,
-		Sender:        cfg.Sender,
-		Retention:     cfg.Retention,
-		MaxConcurrent: cfg.MaxConcurrentDeliveries,
-		Recorder:      recorder,
-		Clock:         clk,
-		health:        health,
-		wakeups:       make(chan event.GenericEvent, 1024),
+		Client:              mgr.GetClient(),
+		Secrets:             secrets,
+		Sender:              cfg.Sender,
+		Retention:           cfg.Retention,
+		MaxConcurrent:       cfg.MaxConcurrentDeliveries,
+		EndpointMaxInFlight: endpointShare(cfg),
+		Recorder:            recorder,
+		Clock:               clk,
+		health:              health,
+		wakeups:             make(chan event.GenericEvent, 1024),
 	}
 	deliveries.throttle = throttle.New(deliveries.wake)
 	if err := deliveries.SetupWithManager(mgr); err != nil {
@@ -102,4 +106,13 @@ func CacheOptions() cache.Options {
 		// them; with many deliveries retained they dominate the manager's memory.
 		DefaultTransform: cache.TransformStripManagedFields(),
 	}
+}
+
+// endpointShare is the default in-flight cap of one endpoint: a quarter of the global
+// cap, so that one stuck endpoint leaves three quarters of the workers to the others.
+func endpointShare(cfg Config) int {
+	if cfg.EndpointMaxInFlight > 0 {
+		return cfg.EndpointMaxInFlight
+	}
+	return max(cfg.MaxConcurrentDeliveries/4, 1)
 }

@@ -100,9 +100,10 @@ func notReservedNamespaces() fields.Selector {
 // loopback over plain HTTP.
 func testConfig() Config {
 	return Config{
-		AllowInsecureHTTP:       true,
-		Sender:                  delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"}),
-		MaxConcurrentDeliveries: 8,
+		AllowInsecureHTTP: true,
+		Sender: delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test",
+			MaxOpenConns: 16}),
+		MaxConcurrentDeliveries: 16,
 		Retention:               Retention{Succeeded: time.Hour, Failed: time.Hour},
 		UserSecretPoll:          time.Second,
 	}

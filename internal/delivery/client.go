@@ -44,14 +44,23 @@ type Options struct {
 	AllowPrivateNetworks bool
 	AllowInsecureHTTP    bool
 	UserAgent            string
-	// MaxConnsPerHost bounds the connections kept per receiver; 0 means 16.
+	// MaxConnsPerHost bounds the idle connections kept per receiver; 0 means 16.
 	MaxConnsPerHost int
+	// MaxOpenConns caps the connections open at once, idle ones included, across
+	// every receiver; 0 means no cap. The manager sets --max-concurrent-deliveries.
+	MaxOpenConns int
 }
+
+// MaxResponseHeaderBytes bounds a response's headers: a receiver answering with
+// megabytes of headers costs an attempt (an error in its history), not the manager's
+// memory.
+const MaxResponseHeaderBytes = 64 << 10
 
 // Client sends webhook requests.
 type Client struct {
-	http *http.Client
-	opts Options
+	http  *http.Client
+	opts  Options
+	conns *connLimiter // nil without MaxOpenConns
 }
 
 // NewClient returns a client whose dialer enforces the address guard.
@@ -65,23 +74,37 @@ func NewClient(opts Options) *Client {
 		perHost = 16
 	}
 	transport := &http.Transport{
-		Proxy:                 nil, // a proxy would dial on our behalf, around the guard
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   10 * time.Second,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   perHost,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ForceAttemptHTTP2:     true,
+		Proxy:                  nil, // a proxy would dial on our behalf, around the guard
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:    10 * time.Second,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    perHost,
+		IdleConnTimeout:        90 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
+		ForceAttemptHTTP2:      true,
 	}
-	return &Client{
-		opts: opts,
-		http: &http.Client{
-			Transport:     transport,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+	c := &Client{opts: opts}
+	if opts.MaxOpenConns > 0 {
+		c.conns = newConnLimiter(opts.MaxOpenConns, dialer.DialContext)
+		c.conns.closeIdle = transport.CloseIdleConnections
+		transport.DialContext = c.conns.DialContext
+		transport.MaxIdleConns = min(transport.MaxIdleConns, opts.MaxOpenConns)
 	}
+	c.http = &http.Client{
+		Transport:     transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c
+}
+
+// OpenConns is the number of connections open now (0 without MaxOpenConns).
+func (c *Client) OpenConns() int {
+	if c.conns == nil {
+		return 0
+	}
+	return c.conns.Open()
 }
 
 // Request is one attempt.
@@ -100,7 +123,9 @@ type Result struct {
 	// as stored (see Excerpt).
 	Response string
 	// Error explains a failure without a status code; it never contains the URL.
-	Error      string
+	Error string
+	// TimedOut: no complete answer within the timeout.
+	TimedOut   bool
 	Duration   time.Duration
 	RetryAfter time.Duration
 }
@@ -138,7 +163,7 @@ func (c *Client) Send(ctx context.Context, r Request) Result {
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		res := Result{Outcome: Retry, Error: describe(err), Duration: time.Since(start)}
+		res := Result{Outcome: Retry, Error: describe(err), Duration: time.Since(start), TimedOut: errors.Is(err, context.DeadlineExceeded)}
 		if errors.Is(err, ErrBlockedAddress) {
 			res.Outcome = Blocked
 		}

@@ -2,11 +2,14 @@ package delivery
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -117,4 +120,109 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// connCounter is a test receiver that counts the connections open to it.
+type connCounter struct {
+	*httptest.Server
+	mu         sync.Mutex
+	open, peak int
+}
+
+func newConnCounter(t *testing.T, h http.Handler) *connCounter {
+	t.Helper()
+	c := &connCounter{}
+	c.Server = httptest.NewUnstartedServer(h)
+	c.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		switch state {
+		case http.StateNew:
+			c.open++
+			c.peak = max(c.peak, c.open)
+		case http.StateClosed, http.StateHijacked:
+			c.open--
+		}
+	}
+	c.Start()
+	t.Cleanup(c.Close)
+	return c
+}
+
+// One receiver and many concurrent attempts: the receiver never sees more open
+// connections than the cap.
+func TestOpenConnectionsNeverExceedTheCap(t *testing.T) {
+	slow := newConnCounter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(50 * time.Millisecond)
+	}))
+	c := NewClient(Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, MaxOpenConns: 4, MaxConnsPerHost: 16})
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if res := send(t, c, slow.URL, 10*time.Second); res.Outcome != Succeeded {
+				t.Errorf("attempt %d: %+v", i, res)
+			}
+		}()
+	}
+	wg.Wait()
+	slow.mu.Lock()
+	defer slow.mu.Unlock()
+	if slow.peak > 4 {
+		t.Fatalf("the receiver saw %d connections open at once, cap 4", slow.peak)
+	}
+	t.Logf("peak open connections seen by the receiver: %d (cap 4)", slow.peak)
+}
+
+// Idle connections to one receiver hold slots; attempts to another still go (idle
+// ones are closed to make room), and the cap holds on the client's side throughout.
+func TestIdleConnectionsMakeRoomForOtherReceivers(t *testing.T) {
+	a := newConnCounter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	b := newConnCounter(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	c := NewClient(Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, MaxOpenConns: 2, MaxConnsPerHost: 16})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			target := a.URL
+			if i%2 == 1 {
+				target = b.URL
+			}
+			if res := send(t, c, target, 5*time.Second); res.Outcome != Succeeded {
+				t.Errorf("attempt %d: %+v", i, res)
+			}
+			if n := c.OpenConns(); n > 2 {
+				t.Errorf("%d connections open, cap 2", n)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestHugeResponseHeadersCostAnAttemptNotMemory(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		big := strings.Repeat("x", 8<<10)
+		for i := range 64 {
+			w.Header().Set(fmt.Sprintf("X-Big-%d", i), big) // 512 KiB of headers
+		}
+	}))
+	defer srv.Close()
+	res := send(t, NewClient(Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true}), srv.URL, 5*time.Second)
+	if res.Outcome != Retry || !strings.Contains(res.Error, "exceeded") {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+func TestTimeoutIsMarked(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // the server notices the client leave once the body is read
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	res := send(t, NewClient(Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true}), srv.URL, 100*time.Millisecond)
+	if res.Outcome != Retry || !res.TimedOut {
+		t.Fatalf("result %+v", res)
+	}
 }

@@ -1,7 +1,9 @@
 // Package throttle enforces per-endpoint limits on delivery attempts: a rate with
-// evenly spaced attempts (no burst) and a cap on requests in flight. It never blocks:
-// a caller that may not go now is told when to come back, or is woken when a request
-// of its endpoint finishes, so a waiting delivery holds no worker.
+// evenly spaced attempts (no burst) and a cap on requests in flight, which shrinks
+// while the endpoint's attempts time out (like a circuit breaker's half-open state)
+// and grows back as it answers again. It never blocks: a caller that may not go now is
+// told when to come back, or is woken when a request of its endpoint finishes, so a
+// waiting delivery holds no worker.
 package throttle
 
 import (
@@ -41,6 +43,16 @@ type endpointState struct {
 	reserved map[string]time.Time // caller -> the rate slot reserved for it
 	inFlight int
 	waiting  []string // callers waiting for an in-flight slot, first come first served
+	// reduced is the in-flight cap while attempts time out; 0: not reduced.
+	reduced int
+}
+
+// cap is the in-flight cap now: the configured one, or less while reduced.
+func (st *endpointState) cap(lim Limits) int {
+	if st.reduced > 0 && (lim.MaxInFlight <= 0 || st.reduced < lim.MaxInFlight) {
+		return st.reduced
+	}
+	return lim.MaxInFlight
 }
 
 // New returns a Throttle that calls wake for a caller whose in-flight wait is over.
@@ -50,17 +62,17 @@ func New(wake func(caller string)) *Throttle {
 
 // Acquire asks whether caller (a delivery) may make an attempt to endpoint now.
 func (t *Throttle) Acquire(endpoint, caller string, lim Limits, now time.Time) Decision {
-	if lim.PerSecond <= 0 && lim.MaxInFlight <= 0 {
-		return Decision{Release: func() {}}
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.endpoints[endpoint]
 	if st == nil {
+		if lim.PerSecond <= 0 && lim.MaxInFlight <= 0 {
+			return Decision{Release: func() {}}
+		}
 		st = &endpointState{reserved: map[string]time.Time{}}
 		t.endpoints[endpoint] = st
 	}
-	if lim.MaxInFlight > 0 && st.inFlight >= lim.MaxInFlight {
+	if limit := st.cap(lim); limit > 0 && st.inFlight >= limit {
 		st.enqueue(caller)
 		return Decision{}
 	}
@@ -97,13 +109,57 @@ func (t *Throttle) release(endpoint string) {
 	if len(st.waiting) > 0 {
 		next, st.waiting = st.waiting[0], st.waiting[1:]
 	}
-	if st.inFlight == 0 && len(st.waiting) == 0 && len(st.reserved) == 0 && st.nextSlot.IsZero() {
-		delete(t.endpoints, endpoint) // nothing to remember (a rate-limited endpoint keeps its next slot)
+	if st.inFlight == 0 && len(st.waiting) == 0 && len(st.reserved) == 0 && st.nextSlot.IsZero() && st.reduced == 0 {
+		delete(t.endpoints, endpoint) // nothing to remember (a rate-limited or reduced endpoint keeps its state)
 	}
 	t.mu.Unlock()
 	if next != "" && t.wake != nil {
 		t.wake(next)
 	}
+}
+
+// maxReducedCap ends a reduction of an endpoint without a configured cap.
+const maxReducedCap = 1024
+
+// Outcome feeds an attempt's fate back. A timeout halves the endpoint's in-flight cap
+// (from the configured cap, or from what is in flight when there is none), down to one
+// attempt at a time; an answer (any status) raises it by one, and once it is back at
+// the configured cap the endpoint is no longer reduced. It returns the cap now (0:
+// the configured one).
+func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) int {
+	t.mu.Lock()
+	st := t.endpoints[endpoint]
+	if st == nil {
+		if !timedOut {
+			t.mu.Unlock()
+			return 0
+		}
+		st = &endpointState{reserved: map[string]time.Time{}}
+		t.endpoints[endpoint] = st
+	}
+	var wake string
+	if timedOut {
+		from := st.cap(lim)
+		if from <= 0 {
+			from = max(st.inFlight, 2)
+		}
+		st.reduced = max(from/2, 1)
+	} else if st.reduced > 0 {
+		st.reduced++
+		if (lim.MaxInFlight > 0 && st.reduced >= lim.MaxInFlight) || st.reduced > maxReducedCap {
+			st.reduced = 0
+		}
+		// The cap grew: one more waiter may go.
+		if limit := st.cap(lim); len(st.waiting) > 0 && (limit <= 0 || st.inFlight < limit) {
+			wake, st.waiting = st.waiting[0], st.waiting[1:]
+		}
+	}
+	reduced := st.reduced
+	t.mu.Unlock()
+	if wake != "" && t.wake != nil {
+		t.wake(wake)
+	}
+	return reduced
 }
 
 // Forget drops what is kept about a caller that will not come back (finished or gone).

@@ -89,3 +89,39 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		th.Acquire("ep", "c", lim, now).Release()
 	}
 }
+
+// Timeouts halve an endpoint's in-flight cap down to one; answers bring it back one
+// step at a time, waking a waiter each time the cap grows.
+func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
+	var woken []string
+	th := New(func(c string) { woken = append(woken, c) })
+	lim := Limits{MaxInFlight: 16}
+	now := time.Unix(0, 0)
+	for i, want := range []int{8, 4, 2, 1, 1} {
+		if got := th.Outcome("ep", true, lim); got != want {
+			t.Fatalf("timeout %d: cap %d, want %d", i+1, got, want)
+		}
+	}
+	first := th.Acquire("ep", "a", lim, now)
+	if !first.Admitted() {
+		t.Fatal("one attempt at a time must still go")
+	}
+	if th.Acquire("ep", "b", lim, now).Admitted() {
+		t.Fatal("a second concurrent attempt went through a cap of one")
+	}
+	if got := th.Outcome("ep", false, lim); got != 2 {
+		t.Fatalf("after an answer: cap %d, want 2", got)
+	}
+	if len(woken) != 1 || woken[0] != "b" {
+		t.Fatalf("the waiter must be woken when the cap grows: %v", woken)
+	}
+	first.Release()
+	for i := 3; i < 16; i++ {
+		if got := th.Outcome("ep", false, lim); got != i {
+			t.Fatalf("cap %d, want %d", got, i)
+		}
+	}
+	if got := th.Outcome("ep", false, lim); got != 0 {
+		t.Fatalf("back at the configured cap, the endpoint is no longer reduced: %d", got)
+	}
+}

@@ -34,7 +34,7 @@ func TestHelmChartRendersTheSameInstall(t *testing.T) {
 		}
 	}
 	for kind, n := range map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 2,
-		"PodDisruptionBudget": 1, "NetworkPolicy": 1, "ValidatingWebhookConfiguration": 1, "Secret": 1} {
+		"PodDisruptionBudget": 1, "NetworkPolicy": 1, "ValidatingWebhookConfiguration": 1, "Secret": 1, "FlowSchema": 1, "PriorityLevelConfiguration": 1} {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s rendered, want %d", got, kind, n)
 		}

@@ -149,11 +149,22 @@ func TestRenderedInstallIsValidForKubernetes137(t *testing.T) {
 		}
 	}
 	want := map[string]int{"CustomResourceDefinition": 3, "Deployment": 1, "ServiceAccount": 1, "Service": 2, "PodDisruptionBudget": 1, "Namespace": 1,
-		"ValidatingWebhookConfiguration": 1, "Secret": 1}
+		"ValidatingWebhookConfiguration": 1, "Secret": 1, "FlowSchema": 1, "PriorityLevelConfiguration": 1}
 	for kind, n := range want {
 		if got := len(byKind(objs, kind)); got != n {
 			t.Errorf("%d %s objects rendered, want %d", got, kind, n)
 		}
+	}
+	// The manager's own priority level applies to the manager's ServiceAccount.
+	fs := byKind(objs, "FlowSchema")[0]
+	rules, _, _ := unstructured.NestedSlice(fs.Object, "spec", "rules")
+	subjects, _, _ := unstructured.NestedSlice(rules[0].(map[string]any), "subjects")
+	sa, _, _ := unstructured.NestedStringMap(subjects[0].(map[string]any), "serviceAccount")
+	if "system:serviceaccount:"+sa["namespace"]+":"+sa["name"] != serviceAccount {
+		t.Errorf("FlowSchema subject %v, want %s", sa, serviceAccount)
+	}
+	if level, _, _ := unstructured.NestedString(fs.Object, "spec", "priorityLevelConfiguration", "name"); level != byKind(objs, "PriorityLevelConfiguration")[0].GetName() {
+		t.Errorf("FlowSchema refers to priority level %q", level)
 	}
 }
 
