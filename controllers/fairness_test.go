@@ -1,0 +1,209 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/delivery"
+)
+
+// switchableReceiver never answers (until the client gives up) while stuck, and
+// answers 200 at once after heal; it counts the requests in flight.
+type switchableReceiver struct {
+	*httptest.Server
+	stuck    atomic.Bool
+	inFlight atomic.Int32
+	mu       sync.Mutex
+	peak     int32
+	requests int
+}
+
+func newSwitchableReceiver(t *testing.T) *switchableReceiver {
+	t.Helper()
+	r := &switchableReceiver{}
+	r.stuck.Store(true)
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.Copy(io.Discard, req.Body) // the server notices the client leave once the body is read
+		n := r.inFlight.Add(1)
+		defer r.inFlight.Add(-1)
+		r.mu.Lock()
+		r.peak = max(r.peak, n)
+		r.requests++
+		r.mu.Unlock()
+		if r.stuck.Load() {
+			<-req.Context().Done()
+		}
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+// resetPeak starts a new observation window and returns the requests so far.
+func (r *switchableReceiver) resetPeak() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.peak = r.inFlight.Load()
+	return r.requests
+}
+
+func (r *switchableReceiver) stats() (peak int32, requests int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.peak, r.requests
+}
+
+// A stuck endpoint (never answers, 1 s timeout) with a backlog does not delay a
+// healthy endpoint of another namespace: it holds at most its share of the workers,
+// fewer once its attempts keep timing out, and gets them back when it answers again.
+func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	share := int32(endpointShare(testConfig()))
+
+	stuckNS, healthyNS := newNamespace(t), newNamespace(t)
+	stuck := newSwitchableReceiver(t)
+	ep := newEndpoint(stuckNS, "stuck", stuck.URL+"/", "*")
+	ep.Spec.TimeoutSeconds = ptr(int32(1))
+	ep.Spec.Retry = hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 200 * time.Millisecond}}, MaxAttempts: ptr(int32(50))}
+	activeEndpoint(t, ep)
+	for i := range 30 {
+		createAll(ctx, t, directDelivery(stuckNS, fmt.Sprintf("s-%d", i), "stuck"))
+	}
+	eventually(t, 10*time.Second, "the stuck endpoint's attempts in flight", func(context.Context) (bool, string, error) {
+		peak, _ := stuck.stats()
+		return peak > 0, fmt.Sprint(peak), nil
+	})
+
+	// The healthy tenant's deliveries go through while the backlog waits.
+	healthy := newReceiver(t)
+	activeEndpoint(t, newEndpoint(healthyNS, "healthy", healthy.URL+"/", "*"))
+	for i := range 10 {
+		created := time.Now()
+		createAll(ctx, t, directDelivery(healthyNS, fmt.Sprintf("h-%d", i), "healthy"))
+		waitDeliveryPhase(t, healthyNS, fmt.Sprintf("h-%d", i), hooklinev1.PhaseSucceeded, 5*time.Second)
+		if took := time.Since(created); took > 2*time.Second {
+			t.Errorf("healthy delivery %d took %s behind the stuck endpoint's backlog", i, took)
+		}
+	}
+	if peak, _ := stuck.stats(); peak > share {
+		t.Fatalf("the stuck endpoint had %d attempts in flight, its share is %d", peak, share)
+	}
+
+	// Timeouts reduce it to one attempt at a time.
+	eventually(t, 15*time.Second, "concurrency reduced", func(context.Context) (bool, string, error) {
+		return logNames(managerLog.String(), "concurrency reduced: attempts time out", stuckNS, "stuck"), "", nil
+	})
+	eventually(t, 5*time.Second, "the attempts in flight before the reduction drain", func(context.Context) (bool, string, error) {
+		return stuck.inFlight.Load() <= 1, fmt.Sprint(stuck.inFlight.Load()), nil
+	})
+	before := stuck.resetPeak()
+	eventually(t, 15*time.Second, "three more attempts while reduced", func(context.Context) (bool, string, error) {
+		_, n := stuck.stats()
+		return n >= before+3, fmt.Sprint(n - before), nil
+	})
+	if peak, _ := stuck.stats(); peak > 1 {
+		t.Fatalf("reduced, the stuck endpoint still had %d attempts in flight", peak)
+	}
+
+	// It answers again: concurrency is restored and the backlog drains.
+	stuck.stuck.Store(false)
+	for i := range 30 {
+		waitDeliveryPhase(t, stuckNS, fmt.Sprintf("s-%d", i), hooklinev1.PhaseSucceeded, 30*time.Second)
+	}
+	if !logNames(managerLog.String(), "concurrency restored: the endpoint answers again", stuckNS, "stuck") {
+		t.Fatal("no log line says the endpoint's concurrency was restored")
+	}
+}
+
+// The global cap on attempts is a cap on connections open to receivers, idle
+// keep-alive ones included, counted by the receivers themselves: three receivers,
+// each of which would otherwise keep its own idle connections open.
+func TestOpenConnectionsStayWithinTheGlobalCap(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ns := "own-6"
+	conf := testConfig()
+	conf.MaxConcurrentDeliveries = 4
+	conf.EndpointMaxInFlight = 4
+	conf.Sender = delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test",
+		MaxOpenConns: 4, MaxConnsPerHost: 16})
+	ownNamespace(t, ns, conf)
+
+	var mu sync.Mutex
+	open, peak := 0, 0
+	for i := range 3 {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(100 * time.Millisecond)
+		}))
+		srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch state {
+			case http.StateNew:
+				open++
+				peak = max(peak, open)
+			case http.StateClosed, http.StateHijacked:
+				open--
+			}
+		}
+		srv.Start()
+		t.Cleanup(srv.Close)
+		activeEndpoint(t, newEndpoint(ns, fmt.Sprintf("ep-%d", i), srv.URL+"/", "*"))
+	}
+	// In rounds, one receiver after the other: each round leaves idle connections.
+	for round := range 3 {
+		for i := range 8 {
+			createAll(ctx, t, directDelivery(ns, fmt.Sprintf("d-%d-%d", round, i), fmt.Sprintf("ep-%d", round)))
+		}
+		for i := range 8 {
+			waitDeliveryPhase(t, ns, fmt.Sprintf("d-%d-%d", round, i), hooklinev1.PhaseSucceeded, 30*time.Second)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The manager closes an idle connection before it opens one beyond the cap; a
+	// receiver may see the new one a moment before the close, so it can count one
+	// more. Without the cap each receiver kept its idle connections: 12 in all.
+	if peak > 4+1 {
+		t.Fatalf("the receivers saw %d connections open at once; the cap is 4", peak)
+	}
+	t.Logf("peak open connections at the receivers: %d (cap 4, one of them closing)", peak)
+}
+
+// A receiver answering with megabytes of headers costs an attempt, not memory.
+func TestHugeResponseHeadersFailTheAttempt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ns := newNamespace(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		big := strings.Repeat("x", 8<<10)
+		for i := range 128 {
+			w.Header().Set(fmt.Sprintf("X-Big-%d", i), big) // 1 MiB of headers
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ep := newEndpoint(ns, "verbose", srv.URL+"/", "*")
+	ep.Spec.Retry = hooklinev1.RetrySpec{MaxAttempts: ptr(int32(1))}
+	activeEndpoint(t, ep)
+	createAll(ctx, t, directDelivery(ns, "d", "verbose"))
+	d := waitDeliveryPhase(t, ns, "d", hooklinev1.PhaseExhausted, 10*time.Second)
+	if len(d.Status.History) != 1 || !strings.Contains(d.Status.History[0].Error, "exceeded") {
+		t.Fatalf("history %+v", d.Status.History)
+	}
+	if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c == nil || !strings.Contains(c.Message, "exceeded") {
+		t.Fatalf("condition %+v", c)
+	}
+}
