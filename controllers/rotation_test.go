@@ -278,18 +278,9 @@ func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
 	second, _ := signing.NewHMACSecret()
 	changed := time.Now()
 	setSigningValue(ctx, t, ns, "external", second)
-	// Publish until a request carries both signatures; each round trip is a delivery.
-	var took time.Duration
-	for i := 0; ; i++ {
-		r := publishAndReceive(ctx, t, ns, "byo", fmt.Sprintf("after-%d", i), recv)
-		if verifiesWith(t, r, second) && verifiesWith(t, r, first) {
-			took = time.Since(changed)
-			break
-		}
-		if time.Since(changed) > 5*time.Second {
-			t.Fatalf("after %s no request was signed with both values", time.Since(changed))
-		}
-	}
+	took := publishUntil(ctx, t, ns, "byo", recv, changed, "a request signed with both values", func(r capturedRequest) bool {
+		return verifiesWith(t, r, second) && verifiesWith(t, r, first)
+	})
 	t.Logf("from the Secret's change to the first request signed with both values: %s", took)
 }
 
@@ -318,15 +309,22 @@ func TestHeaderSecretChangeIsUsedAtOnce(t *testing.T) {
 	if err := k8s.Update(ctx, &s); err != nil {
 		t.Fatal(err)
 	}
-	changed := time.Now()
+	took := publishUntil(ctx, t, ns, "with-auth", recv, time.Now(), "the new header value", func(r capturedRequest) bool {
+		return r.header.Get("Authorization") == "Bearer two"
+	})
+	t.Logf("new header value used %s after the change", took)
+}
+
+// publishUntil publishes events to the endpoint one after the other until a request
+// satisfies ok, within 5 s of since, and returns how long after since that was.
+func publishUntil(ctx context.Context, t *testing.T, ns, endpoint string, recv *receiver, since time.Time, what string, ok func(capturedRequest) bool) time.Duration {
+	t.Helper()
 	for i := 0; ; i++ {
-		got := publishAndReceive(ctx, t, ns, "with-auth", fmt.Sprintf("two-%d", i), recv).header.Get("Authorization")
-		if got == "Bearer two" {
-			t.Logf("new header value used %s after the change", time.Since(changed))
-			return
+		if ok(publishAndReceive(ctx, t, ns, endpoint, fmt.Sprintf("until-%d", i), recv)) {
+			return time.Since(since)
 		}
-		if time.Since(changed) > 5*time.Second {
-			t.Fatalf("still sending %q %s after the change", got, time.Since(changed))
+		if time.Since(since) > 5*time.Second {
+			t.Fatalf("no request with %s %s after the change", what, time.Since(since))
 		}
 	}
 }
