@@ -240,7 +240,11 @@ func (r *DeliveryReconciler) finished(ctx context.Context, d *hooklinev1.Webhook
 		if left := r.retentionLeft(d); left <= 0 {
 			logf.FromContext(ctx).V(1).Info("pruned: retention passed", "delivery", client.ObjectKeyFromObject(d), "phase", d.Status.Phase)
 			// The UID precondition: never delete a new object of the same name.
-			return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, d, client.Preconditions{UID: &d.UID}))
+			if err := r.Delete(ctx, d, client.Preconditions{UID: &d.UID}); err != nil {
+				return ctrl.Result{}, client.IgnoreNotFound(err)
+			}
+			prunedTotal.WithLabelValues("WebhookDelivery").Inc()
+			return ctrl.Result{}, nil
 		}
 	}
 	return r.finishedResult(d), nil

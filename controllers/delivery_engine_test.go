@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -248,6 +249,8 @@ func TestRetentionDeletesFinishedObjects(t *testing.T) {
 	conf.Retention = Retention{Succeeded: time.Second, Failed: 2 * time.Second}
 	ns := "own-2"
 	ownNamespace(t, ns, conf)
+	prunedDeliveries := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery"))
+	prunedEvents := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent"))
 	recv := newReceiver(t)
 	createAll(ctx, t, newEndpoint(ns, "ep", recv.URL+"/", "*"))
 	waitReady(t, ns, "ep", hooklinev1.ReasonActive)
@@ -267,4 +270,10 @@ func TestRetentionDeletesFinishedObjects(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Fatalf("the failed delivery went after %v, before its 2s retention", took)
 	}
+	// Other tests prune too, so at least this test's: two direct deliveries, one event.
+	eventually(t, 5*time.Second, "hookline_pruned_total counts the deletes", func(context.Context) (bool, string, error) {
+		d := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery")) - prunedDeliveries
+		e := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent")) - prunedEvents
+		return d >= 2 && e >= 1, fmt.Sprintf("deliveries +%v, events +%v", d, e), nil
+	})
 }

@@ -68,8 +68,11 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	// retry can turn an Exhausted delivery into a Succeeded one long after completion.
 	if expired, _ := r.retentionLeft(&ev); expired {
 		logf.FromContext(ctx).V(1).Info("pruned: retention passed", "event", req.NamespacedName)
-		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID},
-			client.PropagationPolicy(metav1.DeletePropagationBackground)))
+		if err := r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		prunedTotal.WithLabelValues("WebhookEvent").Inc()
+		return ctrl.Result{}, nil
 	}
 
 	before := ev.DeepCopy()

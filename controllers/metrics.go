@@ -32,7 +32,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(attemptsTotal, completedTotal, attemptDuration, deliveryLatency)
+	metrics.Registry.MustRegister(attemptsTotal, completedTotal, attemptDuration, deliveryLatency, prunedTotal, retained)
 }
 
 var outcomeLabels = map[delivery.Outcome]string{

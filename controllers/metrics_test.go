@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -46,6 +47,30 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 		return retries >= 12 && exhausted >= 1, fmt.Sprintf("attempts_total{retry} +%v, completed_total{Exhausted} +%v", retries, exhausted), nil
 	})
 
+	// The footprint, as the manager counts it (here from the API server directly: the
+	// package's managers each cache a part of the cluster).
+	footprint := &retainedCollector{}
+	footprint.use(k8s)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(footprint)
+	got, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]float64{}
+	for _, f := range got {
+		for _, m := range f.GetMetric() {
+			name := f.GetName()
+			for _, l := range m.GetLabel() {
+				name += "," + l.GetValue()
+			}
+			values[name] = m.GetGauge().GetValue()
+		}
+	}
+	if values["hookline_retained_objects,WebhookDelivery,Exhausted"] < 1 || values["hookline_retained_bytes"] < 500 {
+		t.Errorf("retained objects and bytes: %v", values)
+	}
+
 	families, err := metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +79,7 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 	for _, f := range families {
 		found[f.GetName()] = true
 	}
-	for _, name := range []string{"hookline_delivery_attempts_total", "hookline_deliveries_completed_total",
+	for _, name := range []string{"hookline_delivery_attempts_total", "hookline_deliveries_completed_total", "hookline_retained_objects", "hookline_retained_bytes",
 		"hookline_delivery_attempt_duration_seconds", "hookline_delivery_latency_seconds", "controller_runtime_reconcile_total"} {
 		if !found[name] {
 			t.Errorf("metric %s is not registered", name)
