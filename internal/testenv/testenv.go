@@ -115,6 +115,10 @@ func StartWith(opts Options) (*Env, error) {
 // Stop stops the control plane.
 func (e *Env) Stop() error { return e.env.Stop() }
 
+// EtcdURL is the client URL of the control plane's etcd (benchmarks read its metrics
+// and sizes from it).
+func (e *Env) EtcdURL() string { return e.env.ControlPlane.Etcd.URL.String() }
+
 // Kubeconfig writes a kubeconfig for a user of these groups (system:masters for an
 // administrator) to dir and returns its path, for tests of command-line tools.
 func (e *Env) Kubeconfig(dir, user string, groups ...string) (string, error) {

@@ -67,6 +67,7 @@ type report struct {
 	Runs     []scenarioResult  `json:"scenarios"`
 	Memory   memoryResult      `json:"memory"`
 	Fairness fairnessResult    `json:"fairness"`
+	Etcd     footprintResult   `json:"etcd"`
 	Targets  map[string]string `json:"targets"`
 }
 
@@ -164,6 +165,18 @@ func run() error {
 			}
 		}
 		fmt.Printf("scenario %s: %d events x %d endpoints\n", s.name, s.events, s.endpoints)
+		etcd := etcdClient{url: env.EtcdURL()}
+		var inUseBefore float64
+		if s.name == "fanout-1" {
+			// What a message costs etcd, measured on the first scenario from a compacted,
+			// defragmented database.
+			if err := etcd.compact(ctx); err != nil {
+				return fmt.Errorf("etcd compaction: %w", err)
+			}
+			if inUseBefore, _, err = etcd.dbSize(ctx); err != nil {
+				return err
+			}
+		}
 		var profileDone chan error
 		if s.name == "fanout-1" && *cpuProfile != "" {
 			profileDone = make(chan error, 1)
@@ -175,6 +188,11 @@ func run() error {
 		}
 		res.Name = s.name
 		rep.Runs = append(rep.Runs, res)
+		if s.name == "fanout-1" {
+			if err := measureFootprint(ctx, etcd, "bench-"+s.name, s.events, inUseBefore, res.DeliveriesPerSec, &rep.Etcd); err != nil {
+				return fmt.Errorf("etcd footprint: %w", err)
+			}
+		}
 		if profileDone != nil {
 			if err := <-profileDone; err != nil {
 				fmt.Fprintln(os.Stderr, "cpu profile:", err)
@@ -832,6 +850,13 @@ func print(rep *report) {
 			r.WritesPerMsg, strings.Join(verbs, ", "), retried)
 	}
 	_ = tw.Flush()
+	if f := rep.Etcd; f.Messages > 0 {
+		fmt.Printf("\netcd, per 1-endpoint message (%d messages, a 45-byte payload): values %.0f B (delivery %.0f, event %.0f); "+
+			"database in use +%.0f B before compaction, +%.0f B after\n", f.Messages, f.ValueBytesPerMsg, f.DeliveryValueBytes, f.EventValueBytes,
+			f.InUseGrowthPerMsg, f.CompactedPerMsg)
+		fmt.Printf("etcd: at the maximum rate (%.0f/s) with the default 24h retention, a 2 GiB quota is full after %.1f hours\n",
+			f.MaxRatePerSec, f.HoursToFill2GiB)
+	}
 	fmt.Printf("\nmemory: after the scenarios (%d finished deliveries retained) peak RSS %.0f MiB, heap in use %.0f MiB\n",
 		rep.Memory.RetainedDeliveries, rep.Memory.PeakRSSMiB, rep.Memory.HeapInuseMiB)
 	fmt.Printf("memory: a manager started on %d finished deliveries: peak RSS %.0f MiB, heap in use %.0f MiB\n\n",
