@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
@@ -38,10 +40,13 @@ const (
 	historyEntryBytes = 120 // an attempt record without its response and error
 )
 
-// retainedCollector counts on scrape, from the cache of the manager set last, at
-// most once per retainedRefresh: a scrape never walks the cache twice in a row.
+// retainedSource returns the objects to count; they are read, never changed.
+type retainedSource func(ctx context.Context) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error)
+
+// retainedCollector counts on scrape, from the source set last, at most once per
+// retainedRefresh: a scrape never walks the cache twice in a row.
 type retainedCollector struct {
-	reader atomic.Pointer[client.Reader]
+	source atomic.Pointer[retainedSource]
 
 	mu      sync.Mutex
 	at      time.Time
@@ -53,7 +58,62 @@ const retainedRefresh = 15 * time.Second
 
 var retained = &retainedCollector{}
 
-func (c *retainedCollector) use(r client.Reader) { c.reader.Store(&r) }
+func (c *retainedCollector) use(s retainedSource) { c.source.Store(&s) }
+
+// fromCache reads the informers' stores: pointers to the cached objects, with no list
+// built and nothing copied. A cache of several namespaces has no single store; it is
+// listed instead, without deep copies.
+func fromCache(c cache.Cache) retainedSource {
+	return func(ctx context.Context) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
+		di, err := c.GetInformer(ctx, &hooklinev1.WebhookDelivery{}, cache.BlockUntilSynced(false))
+		if err != nil {
+			return nil, nil, err
+		}
+		ei, err := c.GetInformer(ctx, &hooklinev1.WebhookEvent{}, cache.BlockUntilSynced(false))
+		if err != nil {
+			return nil, nil, err
+		}
+		ds, ok1 := di.(interface{ GetStore() toolscache.Store })
+		es, ok2 := ei.(interface{ GetStore() toolscache.Store })
+		if !ok1 || !ok2 {
+			return listed(ctx, c)
+		}
+		var deliveries []*hooklinev1.WebhookDelivery
+		for _, o := range ds.GetStore().List() {
+			if d, ok := o.(*hooklinev1.WebhookDelivery); ok {
+				deliveries = append(deliveries, d)
+			}
+		}
+		var events []*hooklinev1.WebhookEvent
+		for _, o := range es.GetStore().List() {
+			if e, ok := o.(*hooklinev1.WebhookEvent); ok {
+				events = append(events, e)
+			}
+		}
+		return deliveries, events, nil
+	}
+}
+
+// listed lists the cache without deep copies.
+func listed(ctx context.Context, r client.Reader) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
+	var ds hooklinev1.WebhookDeliveryList
+	var es hooklinev1.WebhookEventList
+	if err := r.List(ctx, &ds, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, nil, err
+	}
+	if err := r.List(ctx, &es, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, nil, err
+	}
+	deliveries := make([]*hooklinev1.WebhookDelivery, len(ds.Items))
+	for i := range ds.Items {
+		deliveries[i] = &ds.Items[i]
+	}
+	events := make([]*hooklinev1.WebhookEvent, len(es.Items))
+	for i := range es.Items {
+		events[i] = &es.Items[i]
+	}
+	return deliveries, events, nil
+}
 
 func (c *retainedCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- retainedObjectsDesc
@@ -74,23 +134,20 @@ func (c *retainedCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *retainedCollector) count() ([]prometheus.Metric, bool) {
-	r := c.reader.Load()
-	if r == nil {
+	src := c.source.Load()
+	if src == nil {
 		return nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// The cache's own objects, read without a copy and never changed here.
-	var deliveries hooklinev1.WebhookDeliveryList
-	var events hooklinev1.WebhookEventList
-	if (*r).List(ctx, &deliveries, client.UnsafeDisableDeepCopy) != nil || (*r).List(ctx, &events, client.UnsafeDisableDeepCopy) != nil {
+	deliveries, events, err := (*src)(ctx)
+	if err != nil {
 		return nil, false
 	}
 	var out []prometheus.Metric
 	bytes := 0
 	byPhase := map[string]int{}
-	for i := range deliveries.Items {
-		d := &deliveries.Items[i]
+	for _, d := range deliveries {
 		phase := string(d.Status.Phase)
 		if phase == "" {
 			phase = string(hooklinev1.PhasePending)
@@ -102,8 +159,7 @@ func (c *retainedCollector) count() ([]prometheus.Metric, bool) {
 		out = append(out, prometheus.MustNewConstMetric(retainedObjectsDesc, prometheus.GaugeValue, float64(n), "WebhookDelivery", phase))
 	}
 	complete, inProgress := 0, 0
-	for i := range events.Items {
-		e := &events.Items[i]
+	for _, e := range events {
 		if meta.IsStatusConditionTrue(e.Status.Conditions, hooklinev1.ConditionComplete) {
 			complete++
 		} else {

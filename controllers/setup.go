@@ -49,7 +49,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return err
 	}
 	clk := clock.RealClock{}
-	retained.use(mgr.GetCache())
+	retained.use(fromCache(mgr.GetCache()))
 	recorder := mgr.GetEventRecorder("hookline")
 	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
 	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader())
