@@ -8,7 +8,10 @@
 // their own, so the manager can see such an object coming and defuse it.
 package jsondepth
 
-import "io"
+import (
+	"io"
+	"sync"
+)
 
 // Depth is the deepest nesting of objects and arrays in data: 0 for a scalar, 1 for
 // {} or [], 2 for {"a":{}}. It does not validate the JSON.
@@ -59,24 +62,37 @@ func (s *scanner) step(c byte) (opened, closed bool) {
 // is replaced by null. A stream of several documents (a watch) is capped document by
 // document. Documents within the cap pass through byte for byte.
 func Capped(r io.Reader, max int) io.Reader {
-	return &cappedReader{src: r, max: max, in: make([]byte, 32<<10)}
+	return &cappedReader{src: r, max: max}
 }
+
+// buffers are the read buffers of capped readers: every API response goes through one,
+// so they are reused rather than left to the collector.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 type cappedReader struct {
 	src       io.Reader
 	max       int
-	in        []byte
-	out       []byte // processed bytes not read yet
+	buf       *[]byte // from buffers, taken at the first read
+	out       []byte  // processed bytes not read yet
 	s         scanner
 	skipUntil int // while > 0: inside a replaced value that opened at this depth
 	err       error
 }
 
 func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.buf == nil && c.err == nil {
+		c.buf = buffers.Get().(*[]byte)
+	}
 	for len(c.out) == 0 && c.err == nil {
-		n, err := c.src.Read(c.in)
-		c.process(c.in[:n])
+		n, err := c.src.Read(*c.buf)
+		c.process((*c.buf)[:n])
 		c.err = err
+	}
+	if c.err != nil && c.buf != nil {
+		// The source is done: the buffer goes back, from the reading goroutine (a
+		// watch's body is closed from another one while a read is blocked).
+		buffers.Put(c.buf)
+		c.buf = nil
 	}
 	if len(c.out) > 0 {
 		n := copy(p, c.out)
