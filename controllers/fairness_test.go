@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/conncount"
 	"github.com/hookline/hookline/internal/delivery"
 )
 
@@ -145,23 +145,12 @@ func TestOpenConnectionsStayWithinTheGlobalCap(t *testing.T) {
 		MaxOpenConns: 4, MaxConnsPerHost: 16})
 	ownNamespace(t, ns, conf)
 
-	var mu sync.Mutex
-	open, peak := 0, 0
+	var conns conncount.Counter // the three receivers' connections, together
 	for i := range 3 {
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(100 * time.Millisecond)
 		}))
-		srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
-			mu.Lock()
-			defer mu.Unlock()
-			switch state {
-			case http.StateNew:
-				open++
-				peak = max(peak, open)
-			case http.StateClosed, http.StateHijacked:
-				open--
-			}
-		}
+		srv.Config.ConnState = conns.ConnState
 		srv.Start()
 		t.Cleanup(srv.Close)
 		activeEndpoint(t, newEndpoint(ns, fmt.Sprintf("ep-%d", i), srv.URL+"/", "*"))
@@ -175,8 +164,7 @@ func TestOpenConnectionsStayWithinTheGlobalCap(t *testing.T) {
 			waitDeliveryPhase(t, ns, fmt.Sprintf("d-%d-%d", round, i), hooklinev1.PhaseSucceeded, 30*time.Second)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	peak := conns.Peak()
 	// The manager closes an idle connection before it opens one beyond the cap; a
 	// receiver may see the new one a moment before the close, so it can count one
 	// more. Without the cap each receiver kept its idle connections: 12 in all.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookline/hookline/internal/conncount"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -125,25 +125,14 @@ func must[T any](v T, err error) T {
 // connCounter is a test receiver that counts the connections open to it.
 type connCounter struct {
 	*httptest.Server
-	mu         sync.Mutex
-	open, peak int
+	conncount.Counter
 }
 
 func newConnCounter(t *testing.T, h http.Handler) *connCounter {
 	t.Helper()
 	c := &connCounter{}
 	c.Server = httptest.NewUnstartedServer(h)
-	c.Config.ConnState = func(_ net.Conn, state http.ConnState) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		switch state {
-		case http.StateNew:
-			c.open++
-			c.peak = max(c.peak, c.open)
-		case http.StateClosed, http.StateHijacked:
-			c.open--
-		}
-	}
+	c.Config.ConnState = c.ConnState
 	c.Start()
 	t.Cleanup(c.Close)
 	return c
@@ -167,12 +156,10 @@ func TestOpenConnectionsNeverExceedTheCap(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	slow.mu.Lock()
-	defer slow.mu.Unlock()
-	if slow.peak > 4 {
-		t.Fatalf("the receiver saw %d connections open at once, cap 4", slow.peak)
+	if peak := slow.Peak(); peak > 4 {
+		t.Fatalf("the receiver saw %d connections open at once, cap 4", peak)
 	}
-	t.Logf("peak open connections seen by the receiver: %d (cap 4)", slow.peak)
+	t.Logf("peak open connections seen by the receiver: %d (cap 4)", slow.Peak())
 }
 
 // Idle connections to one receiver hold slots; attempts to another still go (idle

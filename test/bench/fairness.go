@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/conncount"
 )
 
 // The fairness scenarios' namespaces (the manager watches them from the start).
@@ -38,11 +39,10 @@ type fairnessResult struct {
 	GlobalCap          int     `json:"globalCap"`
 }
 
-// connCountingServer serves h on loopback and records the most connections open at once.
+// connCountingServer serves h on loopback and counts the connections open to it.
 type connCountingServer struct {
-	base       string
-	mu         sync.Mutex
-	open, peak int
+	base string
+	conncount.Counter
 }
 
 func serveCounting(h http.Handler) (*connCountingServer, error) {
@@ -51,25 +51,9 @@ func serveCounting(h http.Handler) (*connCountingServer, error) {
 		return nil, err
 	}
 	s := &connCountingServer{base: "http://" + ln.Addr().String()}
-	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, state http.ConnState) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		switch state {
-		case http.StateNew:
-			s.open++
-			s.peak = max(s.peak, s.open)
-		case http.StateClosed, http.StateHijacked:
-			s.open--
-		}
-	}}
+	srv := &http.Server{Handler: h, ConnState: s.ConnState}
 	go func() { _ = srv.Serve(ln) }()
 	return s, nil
-}
-
-func (s *connCountingServer) peakConns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.peak
 }
 
 // runNoisyNeighbour measures a healthy endpoint's latency at a steady 10 events/s
@@ -115,7 +99,7 @@ func runNoisyNeighbour(ctx context.Context, admin client.Client, mgr *managerPro
 	}
 	noisy.Name = "steady-10/s-beside-stuck"
 	out.AloneP99Ms, out.WithStuckP99Ms = alone.LatencyMs["p99"], noisy.LatencyMs["p99"]
-	out.StuckPeakConns = stuck.peakConns()
+	out.StuckPeakConns = stuck.Peak()
 	// The stuck deliveries retry for hours; they are removed so the next scenario
 	// starts on a quiet manager.
 	if err := admin.DeleteAllOf(ctx, &hooklinev1.WebhookDelivery{}, client.InNamespace(nsNoisyStuck)); err != nil {
