@@ -83,13 +83,6 @@ func (c *UserSecretCache) Forget(key types.NamespacedName) {
 	c.mu.Unlock()
 }
 
-// Len is the number of Secrets held (metrics and tests).
-func (c *UserSecretCache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
 // secretMetadata is the object of the metadata-only watch of Secrets.
 func secretMetadata() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
