@@ -59,6 +59,12 @@ func TestHostilyNestedObjectsStopNobody(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Gone at the end: no other test's cluster-wide LIST meets them.
+	t.Cleanup(func() {
+		for _, o := range []client.Object{deepEvent, deepDelivery} {
+			_ = k8s.Delete(context.Background(), o)
+		}
+	})
 	// The objects are hostile: a plain client cannot list them.
 	var plain hooklinev1.WebhookEventList
 	if err := k8s.List(ctx, &plain, client.InNamespace(ns)); err == nil || !strings.Contains(err.Error(), "exceeded max depth") {

@@ -10,10 +10,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/kubeclient"
 )
 
 // The contract's metrics are on the manager's registry, with the history of a delivery
@@ -50,8 +52,13 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 	// The footprint, as the manager counts it (here from the API server directly: the
 	// package's managers each cache a part of the cluster).
 	footprint := &retainedCollector{}
+	// Guarded as the manager is: another test keeps hostile objects in the cluster.
+	guarded, err := client.New(kubeclient.Guarded(restConfig), client.Options{Scheme: testScheme})
+	if err != nil {
+		t.Fatal(err)
+	}
 	footprint.use(func(ctx context.Context) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
-		return listed(ctx, k8s)
+		return listed(ctx, guarded)
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(footprint)
