@@ -57,8 +57,6 @@ type DeliveryReconciler struct {
 	// so that a reconcile reading a cache that has not caught up with our own write yet
 	// does not send the message a second time.
 	attempted sync.Map // types.UID -> int32
-	// reduced holds the endpoints ("namespace/name") whose concurrency is reduced.
-	reduced sync.Map
 }
 
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookdeliveries,verbs=get;list;watch;create;delete
@@ -347,29 +345,13 @@ func (r *DeliveryReconciler) limits(ep *hooklinev1.WebhookEndpoint) throttle.Lim
 // adapt feeds an attempt's outcome to the throttle: an endpoint whose attempts time
 // out gets fewer at once, and more again as it answers.
 func (r *DeliveryReconciler) adapt(ctx context.Context, ep *hooklinev1.WebhookEndpoint, timedOut bool, lim throttle.Limits) {
-	key := ep.Namespace + "/" + ep.Name
-	reduced := r.throttle.Outcome(key, timedOut, lim)
+	reduced, restored := r.throttle.Outcome(ep.Namespace+"/"+ep.Name, timedOut, lim)
 	switch {
 	case timedOut:
 		logf.FromContext(ctx).V(1).Info("concurrency reduced: attempts time out", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", reduced)
-	case reduced == 0 && r.wasReduced(key, false):
+	case restored:
 		logf.FromContext(ctx).V(1).Info("concurrency restored: the endpoint answers again", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", lim.MaxInFlight)
 	}
-	if timedOut {
-		r.wasReduced(key, true)
-	}
-}
-
-// wasReduced reports whether the endpoint's concurrency was reduced, and records
-// whether it is now.
-func (r *DeliveryReconciler) wasReduced(key string, now bool) bool {
-	_, was := r.reduced.Load(key)
-	if now {
-		r.reduced.Store(key, struct{}{})
-	} else {
-		r.reduced.Delete(key)
-	}
-	return was
 }
 
 func rateLimits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {

@@ -125,14 +125,14 @@ const maxReducedCap = 1024
 // (from the configured cap, or from what is in flight when there is none), down to one
 // attempt at a time; an answer (any status) raises it by one, and once it is back at
 // the configured cap the endpoint is no longer reduced. It returns the cap now (0:
-// the configured one).
-func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) int {
+// the configured one), and whether this answer ended a reduction.
+func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) (reducedCap int, restored bool) {
 	t.mu.Lock()
 	st := t.endpoints[endpoint]
 	if st == nil {
 		if !timedOut {
 			t.mu.Unlock()
-			return 0
+			return 0, false
 		}
 		st = &endpointState{reserved: map[string]time.Time{}}
 		t.endpoints[endpoint] = st
@@ -147,19 +147,19 @@ func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) int {
 	} else if st.reduced > 0 {
 		st.reduced++
 		if (lim.MaxInFlight > 0 && st.reduced >= lim.MaxInFlight) || st.reduced > maxReducedCap {
-			st.reduced = 0
+			st.reduced, restored = 0, true
 		}
 		// The cap grew: one more waiter may go.
 		if limit := st.cap(lim); len(st.waiting) > 0 && (limit <= 0 || st.inFlight < limit) {
 			wake, st.waiting = st.waiting[0], st.waiting[1:]
 		}
 	}
-	reduced := st.reduced
+	reducedCap = st.reduced
 	t.mu.Unlock()
 	if wake != "" && t.wake != nil {
 		t.wake(wake)
 	}
-	return reduced
+	return reducedCap, restored
 }
 
 // Forget drops what is kept about a caller that will not come back (finished or gone).

@@ -98,7 +98,7 @@ func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
 	lim := Limits{MaxInFlight: 16}
 	now := time.Unix(0, 0)
 	for i, want := range []int{8, 4, 2, 1, 1} {
-		if got := th.Outcome("ep", true, lim); got != want {
+		if got, _ := th.Outcome("ep", true, lim); got != want {
 			t.Fatalf("timeout %d: cap %d, want %d", i+1, got, want)
 		}
 	}
@@ -109,7 +109,7 @@ func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
 	if th.Acquire("ep", "b", lim, now).Admitted() {
 		t.Fatal("a second concurrent attempt went through a cap of one")
 	}
-	if got := th.Outcome("ep", false, lim); got != 2 {
+	if got, _ := th.Outcome("ep", false, lim); got != 2 {
 		t.Fatalf("after an answer: cap %d, want 2", got)
 	}
 	if len(woken) != 1 || woken[0] != "b" {
@@ -117,11 +117,11 @@ func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
 	}
 	first.Release()
 	for i := 3; i < 16; i++ {
-		if got := th.Outcome("ep", false, lim); got != i {
+		if got, _ := th.Outcome("ep", false, lim); got != i {
 			t.Fatalf("cap %d, want %d", got, i)
 		}
 	}
-	if got := th.Outcome("ep", false, lim); got != 0 {
+	if got, restored := th.Outcome("ep", false, lim); got != 0 || !restored {
 		t.Fatalf("back at the configured cap, the endpoint is no longer reduced: %d", got)
 	}
 }
