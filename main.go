@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -39,6 +40,10 @@ type options struct {
 	endpointMaxInFlight        int
 	retentionSucceeded         time.Duration
 	retentionFailed            time.Duration
+	historySucceeded           int
+	historyFailed              int
+	historyEvents              int
+	maxEtcdBytes               string
 	kubeAPIQPS                 float64
 	kubeAPIBurst               int
 	showVersion                bool
@@ -65,6 +70,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.endpointMaxInFlight, "endpoint-max-in-flight", 0, "attempts in flight to one endpoint that sets no rateLimit.maxInFlight (0: a quarter of --max-concurrent-deliveries)")
 	fs.DurationVar(&o.retentionSucceeded, "delivery-retention-succeeded", 24*time.Hour, "delete Succeeded deliveries (and finished events) this long after completion")
 	fs.DurationVar(&o.retentionFailed, "delivery-retention-failed", 168*time.Hour, "delete Failed and Exhausted deliveries this long after completion")
+	fs.IntVar(&o.historySucceeded, "history-succeeded-per-endpoint", 1000, "Succeeded deliveries kept per endpoint, newest first (0: any number; an endpoint's spec.successfulDeliveriesHistoryLimit overrides it)")
+	fs.IntVar(&o.historyFailed, "history-failed-per-endpoint", 5000, "Failed and Exhausted deliveries kept per endpoint, newest first (0: any number; spec.failedDeliveriesHistoryLimit overrides it)")
+	fs.IntVar(&o.historyEvents, "history-events-per-namespace", 20000, "finished WebhookEvents kept per namespace, those whose deliveries all succeeded pruned first (0: any number)")
+	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "128Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
@@ -91,7 +100,31 @@ func parseFlags(args []string) (*options, error) {
 	if o.endpointMaxInFlight < 0 {
 		return nil, fmt.Errorf("--endpoint-max-in-flight must not be negative")
 	}
+	if o.historySucceeded < 0 || o.historyFailed < 0 || o.historyEvents < 0 || o.retentionSucceeded < 0 || o.retentionFailed < 0 {
+		return nil, fmt.Errorf("retention ages and --history-* counts must not be negative (0: no limit)")
+	}
+	if _, err := o.etcdBudget(); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// etcdBudget parses --max-etcd-bytes.
+func (o *options) etcdBudget() (int64, error) {
+	q, err := resource.ParseQuantity(o.maxEtcdBytes)
+	if err != nil || q.Sign() < 0 {
+		return 0, fmt.Errorf("--max-etcd-bytes %q: want a non-negative quantity like 128Mi or 1Gi", o.maxEtcdBytes)
+	}
+	return q.Value(), nil
+}
+
+func (o *options) retention() controllers.Retention {
+	budget, _ := o.etcdBudget() // validated by parseFlags
+	return controllers.Retention{
+		Succeeded: o.retentionSucceeded, Failed: o.retentionFailed,
+		SucceededPerEndpoint: o.historySucceeded, FailedPerEndpoint: o.historyFailed,
+		EventsPerNamespace: o.historyEvents, MaxBytes: budget,
+	}
 }
 
 func main() {
@@ -177,7 +210,7 @@ func run(ctx context.Context, o *options) error {
 			MaxOpenConns: o.maxConcurrentDeliveries}),
 		MaxConcurrentDeliveries: o.maxConcurrentDeliveries,
 		EndpointMaxInFlight:     o.endpointMaxInFlight,
-		Retention:               controllers.Retention{Succeeded: o.retentionSucceeded, Failed: o.retentionFailed},
+		Retention:               o.retention(),
 		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {
 		return err

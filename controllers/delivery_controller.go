@@ -39,7 +39,6 @@ type DeliveryReconciler struct {
 	client.Client
 	Secrets       SecretReader
 	Sender        delivery.Sender
-	Retention     Retention
 	MaxConcurrent int
 	// EndpointMaxInFlight is the in-flight cap of an endpoint that sets no maxInFlight.
 	EndpointMaxInFlight int
@@ -101,7 +100,7 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		}
 	}
 	if st.Phase.Finished() {
-		return r.finished(ctx, &d)
+		return ctrl.Result{}, nil
 	}
 	if st.Phase == "" {
 		st.Phase = hooklinev1.PhasePending
@@ -116,11 +115,11 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 	}
 	if ep == nil {
 		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", d.Spec.EndpointRef.Name), now)
-		return r.finished(ctx, &d)
+		return ctrl.Result{}, nil
 	}
 	if ep.Disabled() {
 		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason), now)
-		return r.finished(ctx, &d)
+		return ctrl.Result{}, nil
 	}
 	if !ep.AcceptsDeliveries() {
 		// The endpoint watch brings the delivery back when that changes.
@@ -160,7 +159,7 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		r.adapt(ctx, ep, res.TimedOut, limits)
 	}
 	if st.Phase.Finished() {
-		return r.finishedResult(&d), nil
+		return ctrl.Result{}, nil
 	}
 	// A zero delay (retry.schedule allows 0s) must still come back: RequeueAfter 0 means never.
 	return ctrl.Result{RequeueAfter: max(st.NextAttemptTime.Sub(r.Clock.Now()), minRequeue)}, nil
@@ -228,45 +227,6 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 		logf.FromContext(ctx).V(1).Info("exhausted", "delivery", client.ObjectKeyFromObject(d), "attempts", d.Status.Attempts)
 	}
 	return res, nil
-}
-
-// finished handles a finished delivery's retention (its status is written when
-// Reconcile returns).
-func (r *DeliveryReconciler) finished(ctx context.Context, d *hooklinev1.WebhookDelivery) (ctrl.Result, error) {
-	// Fanned-out deliveries go with their event (owner reference); direct ones alone.
-	if d.Spec.EventRef == nil && d.Status.CompletionTime != nil {
-		if left := r.retentionLeft(d); left <= 0 {
-			logf.FromContext(ctx).V(1).Info("pruned: retention passed", "delivery", client.ObjectKeyFromObject(d), "phase", d.Status.Phase)
-			// The UID precondition: never delete a new object of the same name.
-			if err := r.Delete(ctx, d, client.Preconditions{UID: &d.UID}); err != nil {
-				return ctrl.Result{}, client.IgnoreNotFound(err)
-			}
-			prunedTotal.WithLabelValues("WebhookDelivery").Inc()
-			return ctrl.Result{}, nil
-		}
-	}
-	return r.finishedResult(d), nil
-}
-
-func (r *DeliveryReconciler) finishedResult(d *hooklinev1.WebhookDelivery) ctrl.Result {
-	if d.Spec.EventRef != nil || d.Status.CompletionTime == nil {
-		return ctrl.Result{}
-	}
-	if left := r.retentionLeft(d); left > 0 {
-		return ctrl.Result{RequeueAfter: left}
-	}
-	return ctrl.Result{RequeueAfter: time.Second}
-}
-
-func (r *DeliveryReconciler) retentionLeft(d *hooklinev1.WebhookDelivery) time.Duration {
-	keep := r.Retention.Failed
-	if d.Status.Phase == hooklinev1.PhaseSucceeded {
-		keep = r.Retention.Succeeded
-	}
-	if keep <= 0 {
-		return time.Hour * 24 * 365 // retention disabled
-	}
-	return d.Status.CompletionTime.Add(keep).Sub(r.Clock.Now())
 }
 
 func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery) error {

@@ -27,6 +27,16 @@ func newEndpoint(ns, name, url string, events ...string) *hooklinev1.WebhookEndp
 	}
 }
 
+// receivers are the endpoints an event fans out to, read from the API server.
+func receivers(ctx context.Context, t *testing.T, ev *hooklinev1.WebhookEvent) []*hooklinev1.WebhookEndpoint {
+	t.Helper()
+	eps, err := (&EventReconciler{Client: k8s}).receivers(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eps
+}
+
 func newEvent(ns, name, typ, payload string) *hooklinev1.WebhookEvent {
 	return &hooklinev1.WebhookEvent{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -221,7 +231,7 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 	if err := k8s.Get(ctx, key(ns, ev.Name), &fresh); err != nil {
 		t.Fatal(err)
 	}
-	again, err := (&EventReconciler{Client: k8s}).fanOut(ctx, &fresh)
+	again, err := (&EventReconciler{Client: k8s}).fanOut(ctx, &fresh, receivers(ctx, t, &fresh))
 	if err != nil {
 		t.Fatal(err)
 	}

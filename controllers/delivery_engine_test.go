@@ -19,6 +19,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/retention"
 )
 
 func directDelivery(ns, name, endpoint string) *hooklinev1.WebhookDelivery {
@@ -249,8 +250,8 @@ func TestRetentionDeletesFinishedObjects(t *testing.T) {
 	conf.Retention = Retention{Succeeded: time.Second, Failed: 2 * time.Second}
 	ns := "own-2"
 	ownNamespace(t, ns, conf)
-	prunedDeliveries := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery"))
-	prunedEvents := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent"))
+	prunedDeliveries := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery", retention.ReasonAge))
+	prunedEvents := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent", retention.ReasonAge))
 	recv := newReceiver(t)
 	createAll(ctx, t, newEndpoint(ns, "ep", recv.URL+"/", "*"))
 	waitReady(t, ns, "ep", hooklinev1.ReasonActive)
@@ -272,8 +273,8 @@ func TestRetentionDeletesFinishedObjects(t *testing.T) {
 	}
 	// Other tests prune too, so at least this test's: two direct deliveries, one event.
 	eventually(t, 5*time.Second, "hookline_pruned_total counts the deletes", func(context.Context) (bool, string, error) {
-		d := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery")) - prunedDeliveries
-		e := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent")) - prunedEvents
+		d := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookDelivery", retention.ReasonAge)) - prunedDeliveries
+		e := testutil.ToFloat64(prunedTotal.WithLabelValues("WebhookEvent", retention.ReasonAge)) - prunedEvents
 		return d >= 2 && e >= 1, fmt.Sprintf("deliveries +%v, events +%v", d, e), nil
 	})
 }

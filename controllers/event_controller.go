@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -21,20 +22,27 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conditions"
 	"github.com/hookline/hookline/internal/payload"
+	"github.com/hookline/hookline/internal/retention"
 )
 
 // EventReconciler fans a WebhookEvent out to one WebhookDelivery per subscribed, ready
 // endpoint of its namespace, then keeps the event's delivery counts.
 type EventReconciler struct {
 	client.Client
-	Recorder  eventRecorder
-	Clock     clock.PassiveClock
-	Retention Retention
+	Recorder eventRecorder
+	Clock    clock.PassiveClock
+	// Gate admits a fan-out while the etcd byte budget has room for it.
+	Gate *retention.Gate
+	// wakeups carries the held events the pruner releases when room is made.
+	wakeups chan event.GenericEvent
 	// MaxConcurrent is the number of events reconciled at once.
 	MaxConcurrent int
 
@@ -48,12 +56,6 @@ type EventReconciler struct {
 // progressInterval bounds how often the counts of an unfinished event are written.
 const progressInterval = time.Second
 
-// Retention is how long finished objects are kept.
-type Retention struct {
-	Succeeded time.Duration
-	Failed    time.Duration
-}
-
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookevents,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookevents/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookdeliveries,verbs=get;list;watch;create;delete
@@ -66,15 +68,6 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	}
 	// A complete event is still counted on every change of its deliveries: a manual
 	// retry can turn an Exhausted delivery into a Succeeded one long after completion.
-	if expired, _ := r.retentionLeft(&ev); expired {
-		logf.FromContext(ctx).V(1).Info("pruned: retention passed", "event", req.NamespacedName)
-		if err := r.Delete(ctx, &ev, client.Preconditions{UID: &ev.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
-		}
-		prunedTotal.WithLabelValues("WebhookEvent").Inc()
-		return ctrl.Result{}, nil
-	}
-
 	before := ev.DeepCopy()
 	st := &ev.Status
 	st.ObservedGeneration = ev.Generation
@@ -94,7 +87,15 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 			st.CompletionTime = &metav1.Time{Time: now}
 			return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
 		}
-		created, err := r.fanOut(ctx, &ev)
+		receivers, err := r.receivers(ctx, &ev)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !r.admit(ctx, &ev, len(receivers), now) {
+			// The pruner wakes it when room is made; the requeue is a safety net.
+			return ctrl.Result{RequeueAfter: heldRecheck}, r.patchStatus(ctx, before, &ev)
+		}
+		created, err := r.fanOut(ctx, &ev, receivers)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -118,14 +119,31 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		}
 		progress.lastWrite = r.Clock.Now()
 	}
-	if err := r.patchStatus(ctx, before, &ev); err != nil {
-		return ctrl.Result{}, err
-	}
-	if _, wait := r.retentionLeft(&ev); wait > 0 {
-		return ctrl.Result{RequeueAfter: wait}, nil
-	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
 }
+
+// heldRecheck is how often a held event asks again if no wakeup came.
+const heldRecheck = 30 * time.Second
+
+// admit asks the gate for room for n deliveries. A held event says so in its
+// Complete condition and, once, in a Kubernetes Event.
+func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent, n int, now time.Time) bool {
+	if n == 0 || r.Gate.Admit(ev.Namespace+"/"+ev.Name, int64(n)*deliveryBaseBytes) {
+		return true
+	}
+	msg := fmt.Sprintf("fan-out to %d endpoints waits: hookline's objects take %s of its %s etcd budget (--max-etcd-bytes) and nothing finished is left to prune; it resumes as deliveries finish",
+		n, mebibytes(r.Gate.Used()), mebibytes(r.Gate.Max()))
+	if c := meta.FindStatusCondition(ev.Status.Conditions, hooklinev1.ConditionComplete); c == nil || c.Reason != hooklinev1.ReasonWaitingForBudget {
+		logf.FromContext(ctx).Info("fan-out held back by the etcd budget", "event", client.ObjectKeyFromObject(ev), "used", r.Gate.Used(), "budget", r.Gate.Max())
+		if r.Recorder != nil {
+			r.Recorder.Eventf(ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonWaitingForBudget, "FanOut", "%s", msg)
+		}
+	}
+	conditions.Set(&ev.Status.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionFalse, hooklinev1.ReasonWaitingForBudget, msg, now)
+	return false
+}
+
+func mebibytes(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // fanOutProgress is what this process knows of a fan-out it made whose completion is
 // not written yet.
@@ -149,27 +167,35 @@ func (r *EventReconciler) patchStatus(ctx context.Context, before, ev *hooklinev
 	return client.IgnoreNotFound(r.Status().Patch(ctx, ev, client.MergeFrom(before)))
 }
 
-// fanOut creates one delivery per receiving endpoint. Names are derived from the event
-// and the endpoint, so running it twice creates nothing new.
-func (r *EventReconciler) fanOut(ctx context.Context, ev *hooklinev1.WebhookEvent) (int, error) {
+// receivers are the endpoints of the event's namespace that receive it.
+func (r *EventReconciler) receivers(ctx context.Context, ev *hooklinev1.WebhookEvent) ([]*hooklinev1.WebhookEndpoint, error) {
 	selector := labels.Everything()
 	if ev.Spec.EndpointSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(ev.Spec.EndpointSelector)
 		if err != nil {
-			return 0, err // admission validated the shape; this is not expected
+			return nil, err // admission validated the shape; this is not expected
 		}
 		selector = s
 	}
 	var endpoints hooklinev1.WebhookEndpointList
 	if err := r.List(ctx, &endpoints, client.InNamespace(ev.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
-		return 0, err
+		return nil, err
 	}
-	created := 0
+	var out []*hooklinev1.WebhookEndpoint
 	for i := range endpoints.Items {
 		ep := &endpoints.Items[i]
-		if ep.DeletionTimestamp != nil || !ep.AcceptsDeliveries() || !ep.Subscribes(ev.Spec.Type) {
-			continue
+		if ep.DeletionTimestamp == nil && ep.AcceptsDeliveries() && ep.Subscribes(ev.Spec.Type) {
+			out = append(out, ep)
 		}
+	}
+	return out, nil
+}
+
+// fanOut creates one delivery per receiving endpoint. Names are derived from the event
+// and the endpoint, so running it twice creates nothing new.
+func (r *EventReconciler) fanOut(ctx context.Context, ev *hooklinev1.WebhookEvent, receivers []*hooklinev1.WebhookEndpoint) (int, error) {
+	created := 0
+	for _, ep := range receivers {
 		d := &hooklinev1.WebhookDelivery{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:      deliveryName(ev.Name, ep.Name),
@@ -254,23 +280,6 @@ func setComplete(ev *hooklinev1.WebhookEvent, now time.Time) {
 	}
 }
 
-// retentionLeft reports whether a complete event's retention has passed, or how long
-// is left. An event whose deliveries all failed is kept for the failed retention.
-func (r *EventReconciler) retentionLeft(ev *hooklinev1.WebhookEvent) (bool, time.Duration) {
-	if ev.Status.CompletionTime == nil {
-		return false, 0
-	}
-	keep := r.Retention.Succeeded
-	if c := ev.Status.Deliveries; c != nil && c.Failed+c.Exhausted > 0 {
-		keep = r.Retention.Failed
-	}
-	if keep <= 0 {
-		return false, 0
-	}
-	left := ev.Status.CompletionTime.Add(keep).Sub(r.Clock.Now())
-	return left <= 0, left
-}
-
 // deliveryName is deterministic per (event, endpoint) and a valid object name.
 func deliveryName(eventName, endpointName string) string {
 	sum := sha256.Sum256([]byte(endpointName))
@@ -286,11 +295,22 @@ func messageID(uid types.UID) string {
 	return "msg_" + strings.ReplaceAll(string(uid), "-", "")
 }
 
-// SetupWithManager watches events and the deliveries they own.
+// wake reconciles a held event again ("namespace/name").
+func (r *EventReconciler) wake(key string) {
+	ns, name, _ := strings.Cut(key, "/")
+	select {
+	case r.wakeups <- event.GenericEvent{Object: &hooklinev1.WebhookEvent{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}}:
+	default: // full: heldRecheck brings it back
+	}
+}
+
+// SetupWithManager watches events, the deliveries they own, and the held events the
+// pruner releases.
 func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&hooklinev1.WebhookEvent{}).
 		Owns(&hooklinev1.WebhookDelivery{}).
+		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
 		Named("webhookevent").
 		Complete(r)

@@ -51,15 +51,18 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 
 	// The footprint, as the manager counts it (here from the API server directly: the
 	// package's managers each cache a part of the cluster).
-	footprint := &retainedCollector{}
 	// Guarded as the manager is: another test keeps hostile objects in the cluster.
 	guarded, err := client.New(kubeclient.Guarded(restConfig), client.Options{Scheme: testScheme})
 	if err != nil {
 		t.Fatal(err)
 	}
-	footprint.use(func(ctx context.Context) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
-		return listed(ctx, guarded)
-	})
+	deliveries, events, err := listed(ctx, guarded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, fp := (&Pruner{}).units(deliveries, events)
+	footprint := &retainedCollector{}
+	footprint.publish(fp)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(footprint)
 	got, err := reg.Gather()

@@ -15,6 +15,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/retention"
 	"github.com/hookline/hookline/internal/throttle"
 )
 
@@ -49,7 +50,6 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return err
 	}
 	clk := clock.RealClock{}
-	retained.use(fromCache(mgr.GetCache()))
 	recorder := mgr.GetEventRecorder("hookline")
 	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
 	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader())
@@ -72,16 +72,19 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("enable controller: %w", err)
 	}
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
-	events := &EventReconciler{Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Retention: cfg.Retention,
-		MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2)}
+	gate := retention.NewGate(cfg.Retention.MaxBytes)
+	events := &EventReconciler{Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Gate: gate,
+		MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2), wakeups: make(chan event.GenericEvent, 1024)}
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
+	}
+	if err := mgr.Add(&Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake}); err != nil {
+		return err
 	}
 	deliveries := &DeliveryReconciler{
 		Client:              mgr.GetClient(),
 		Secrets:             secrets,
 		Sender:              cfg.Sender,
-		Retention:           cfg.Retention,
 		MaxConcurrent:       cfg.MaxConcurrentDeliveries,
 		EndpointMaxInFlight: endpointShare(cfg),
 		Recorder:            recorder,

@@ -56,7 +56,10 @@ const (
 	ReasonSomeFailed   = "SomeFailed"
 	ReasonNoEndpoints  = "NoEndpoints"
 	ReasonInProgress   = "InProgress"
-	ReasonInvalidEvent = "InvalidPayload"
+	// ReasonWaitingForBudget: the fan-out waits until the manager's etcd byte budget
+	// has room (--max-etcd-bytes).
+	ReasonWaitingForBudget = "WaitingForBudget"
+	ReasonInvalidEvent     = "InvalidPayload"
 )
 
 // Reasons of the delivery's Succeeded condition and of attempt records.

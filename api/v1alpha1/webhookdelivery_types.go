@@ -51,6 +51,7 @@ type WebhookDeliverySpec struct {
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Type=object
 	// +kubebuilder:validation:Schemaless
+	// +mapType=atomic
 	Payload *runtime.RawExtension `json:"payload,omitempty"`
 
 	// EventRef is the WebhookEvent whose payload is delivered (deliveries made by fan-out),

@@ -99,6 +99,22 @@ type WebhookEndpointSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="autoDisableAfter must be at least 1s"
 	AutoDisableAfter *metav1.Duration `json:"autoDisableAfter,omitempty"`
+
+	// SuccessfulDeliveriesHistoryLimit is the number of Succeeded deliveries to this
+	// endpoint kept in the cluster, newest first (default: the manager's
+	// --history-succeeded-per-endpoint). Older ones are deleted with their event once
+	// all of the event's deliveries have finished.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	SuccessfulDeliveriesHistoryLimit *int32 `json:"successfulDeliveriesHistoryLimit,omitempty"`
+
+	// FailedDeliveriesHistoryLimit is the same for Failed and Exhausted deliveries
+	// (default: the manager's --history-failed-per-endpoint).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	FailedDeliveriesHistoryLimit *int32 `json:"failedDeliveriesHistoryLimit,omitempty"`
 }
 
 // EndpointHeader is one extra request header, given inline or from a Secret.

@@ -21,6 +21,7 @@ type WebhookEventSpec struct {
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Type=object
 	// +kubebuilder:validation:Schemaless
+	// +mapType=atomic
 	Payload runtime.RawExtension `json:"payload"`
 
 	// EndpointSelector limits the fan-out to endpoints with these labels.

@@ -1,0 +1,342 @@
+package controllers
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/retention"
+)
+
+// Retention is what the manager keeps of finished work: by age, by count and within
+// a ceiling on the bytes kept in etcd.
+type Retention struct {
+	Succeeded time.Duration
+	Failed    time.Duration
+	// SucceededPerEndpoint and FailedPerEndpoint are the finished deliveries kept per
+	// endpoint (0: any number); an endpoint's spec may set its own.
+	SucceededPerEndpoint int
+	FailedPerEndpoint    int
+	// EventsPerNamespace is the number of finished events kept per namespace (0: any).
+	EventsPerNamespace int
+	// MaxBytes is the ceiling on the estimated etcd bytes of events and deliveries
+	// (0: none).
+	MaxBytes int64
+	// Interval is how often the pruner walks the cache (DefaultPruneInterval when 0).
+	Interval time.Duration
+}
+
+// DefaultPruneInterval is how often the pruner walks the cache. A walk reads the
+// informers' stores without copying; at the default budget it takes milliseconds.
+const DefaultPruneInterval = 2 * time.Second
+
+// pruneWorkers delete in parallel: at the maximum delivery rate every message costs
+// two deletes.
+const pruneWorkers = 8
+
+// Pruner deletes finished events and deliveries by age, by count and to stay within
+// the byte budget, from one walk of the cache per interval. Every deletion of
+// hookline's objects happens here. The same walk publishes the footprint metrics and
+// refreshes the fan-out gate, whose held events it wakes when room is made.
+type Pruner struct {
+	Client    client.Client
+	Cache     cache.Cache
+	Retention Retention
+	Gate      *retention.Gate
+	Clock     clock.PassiveClock
+	// Wake reconciles a held event again ("namespace/name").
+	Wake func(key string)
+
+	mu   sync.Mutex
+	last *footprint
+}
+
+// NeedLeaderElection: only the leader deletes.
+func (p *Pruner) NeedLeaderElection() bool { return true }
+
+// Start walks until ctx ends.
+func (p *Pruner) Start(ctx context.Context) error {
+	interval := p.Retention.Interval
+	if interval <= 0 {
+		interval = DefaultPruneInterval
+	}
+	if !p.Cache.WaitForCacheSync(ctx) {
+		return nil
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := p.walk(ctx); err != nil && ctx.Err() == nil {
+			logf.FromContext(ctx).Error(err, "retention walk")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// unitObjects are the objects of one retention unit, deleted together.
+type unitObjects struct {
+	event      *hooklinev1.WebhookEvent
+	deliveries []*hooklinev1.WebhookDelivery
+}
+
+func (p *Pruner) walk(ctx context.Context) error {
+	deliveries, events, err := p.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	units, objects, fp := p.units(deliveries, events)
+	limits, err := p.endpointLimits(ctx)
+	if err != nil {
+		return err
+	}
+	plan := retention.Decide(units, retention.Policy{
+		SucceededAge: p.Retention.Succeeded, FailedAge: p.Retention.Failed,
+		PerEndpoint: limits, EventsPerNamespace: p.Retention.EventsPerNamespace, MaxBytes: p.Retention.MaxBytes,
+	}, p.Clock.Now())
+	left := p.prune(ctx, plan, units, objects)
+	fp.bytes = left // what is still there once the deletes are done
+	fp.budget = p.Retention.MaxBytes
+	p.Gate.Observe(left)
+	for _, key := range p.Gate.Release() {
+		p.Wake(key)
+	}
+	fp.held = p.Gate.Holding()
+	p.mu.Lock()
+	p.last = fp
+	p.mu.Unlock()
+	retained.publish(fp)
+	return nil
+}
+
+// units groups the cached objects into retention units: each event with its
+// deliveries, each other delivery alone.
+func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hooklinev1.WebhookEvent) ([]retention.Unit, []unitObjects, *footprint) {
+	fp := &footprint{deliveries: map[hooklinev1.DeliveryPhase]int{}}
+	units := make([]retention.Unit, 0, len(events)+len(deliveries)/2)
+	objects := make([]unitObjects, 0, cap(units))
+	byUID := make(map[types.UID]int, len(events))
+	for _, e := range events {
+		byUID[e.UID] = len(units)
+		u := retention.Unit{Namespace: e.Namespace, Name: e.Name, Event: true, Bytes: eventBytes(e), Finished: e.Status.CompletionTime != nil}
+		if u.Finished {
+			u.CompletedAt = e.Status.CompletionTime.Time
+			fp.complete++
+		} else {
+			fp.inProgress++
+		}
+		units = append(units, u)
+		objects = append(objects, unitObjects{event: e})
+	}
+	for _, d := range deliveries {
+		phase := d.Status.Phase
+		if phase == "" {
+			phase = hooklinev1.PhasePending
+		}
+		fp.deliveries[phase]++
+		finished := phase.Finished() && d.Status.CompletionTime != nil
+		failed := phase != hooklinev1.PhaseSucceeded
+		i, ok := -1, false
+		if owner := metav1.GetControllerOf(d); owner != nil && d.Spec.EventRef != nil {
+			i, ok = byUID[owner.UID]
+		}
+		if !ok {
+			i = len(units)
+			u := retention.Unit{Namespace: d.Namespace, Name: d.Name, Finished: finished}
+			if finished {
+				u.CompletedAt = d.Status.CompletionTime.Time
+			}
+			units = append(units, u)
+			objects = append(objects, unitObjects{})
+		}
+		u := &units[i]
+		u.Bytes += int64(deliveryBytes(d))
+		objects[i].deliveries = append(objects[i].deliveries, d)
+		if !finished {
+			u.Finished = false // a manual retry of one delivery reopens its event
+			continue
+		}
+		u.Failed = u.Failed || failed
+		u.Deliveries = append(u.Deliveries, retention.Outcome{Endpoint: d.Spec.EndpointRef.Name, Failed: failed})
+	}
+	for _, u := range units {
+		fp.bytes += u.Bytes
+	}
+	return units, objects, fp
+}
+
+// endpointLimits returns the per-endpoint counts: the endpoint's own, or the flags'.
+func (p *Pruner) endpointLimits(ctx context.Context) (func(ns, name string) retention.Limits, error) {
+	var list hooklinev1.WebhookEndpointList
+	if err := p.Cache.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	overrides := map[types.NamespacedName]retention.Limits{}
+	for _, ep := range list.Items {
+		if ep.Spec.SuccessfulDeliveriesHistoryLimit == nil && ep.Spec.FailedDeliveriesHistoryLimit == nil {
+			continue
+		}
+		l := retention.Limits{Succeeded: p.Retention.SucceededPerEndpoint, Failed: p.Retention.FailedPerEndpoint}
+		if n := ep.Spec.SuccessfulDeliveriesHistoryLimit; n != nil {
+			l.Succeeded = int(*n)
+		}
+		if n := ep.Spec.FailedDeliveriesHistoryLimit; n != nil {
+			l.Failed = int(*n)
+		}
+		overrides[types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}] = l
+	}
+	defaults := retention.Limits{Succeeded: p.Retention.SucceededPerEndpoint, Failed: p.Retention.FailedPerEndpoint}
+	return func(ns, name string) retention.Limits {
+		if l, ok := overrides[types.NamespacedName{Namespace: ns, Name: name}]; ok {
+			return l
+		}
+		return defaults
+	}, nil
+}
+
+// prune deletes the planned units in parallel and returns the bytes left: those of a
+// unit that could not be deleted still count.
+func (p *Pruner) prune(ctx context.Context, plan retention.Plan, units []retention.Unit, objects []unitObjects) int64 {
+	left := plan.RetainedBytes
+	if len(plan.Prune) == 0 {
+		return left
+	}
+	work := make(chan retention.Prune)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range min(pruneWorkers, len(plan.Prune)) {
+		wg.Go(func() {
+			for pr := range work {
+				if err := p.deleteUnit(ctx, objects[pr.Unit], pr.Reason); err != nil {
+					if ctx.Err() == nil {
+						logf.FromContext(ctx).Error(err, "prune", "namespace", units[pr.Unit].Namespace, "name", units[pr.Unit].Name)
+					}
+					continue
+				}
+				mu.Lock()
+				left -= units[pr.Unit].Bytes
+				mu.Unlock()
+			}
+		})
+	}
+	for _, pr := range plan.Prune {
+		select {
+		case work <- pr:
+		case <-ctx.Done():
+		}
+	}
+	close(work)
+	wg.Wait()
+	return left
+}
+
+// deleteUnit deletes an event first, so that it is not recounted as its deliveries
+// go, then its deliveries (the garbage collector would too, later; deleting them here
+// frees the budget now and works where no garbage collector runs). The UID
+// preconditions never delete a new object of the same name.
+func (p *Pruner) deleteUnit(ctx context.Context, u unitObjects, reason string) error {
+	log := logf.FromContext(ctx).V(1)
+	if e := u.event; e != nil {
+		err := p.Client.Delete(ctx, e, client.Preconditions{UID: &e.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
+		if err := ignoreGone(err); err != nil {
+			return err
+		}
+		if err == nil {
+			prunedTotal.WithLabelValues("WebhookEvent", reason).Inc()
+			log.Info("pruned", "event", client.ObjectKeyFromObject(e), "reason", reason)
+		}
+	}
+	for _, d := range u.deliveries {
+		err := p.Client.Delete(ctx, d, client.Preconditions{UID: &d.UID})
+		if err := ignoreGone(err); err != nil {
+			return err
+		}
+		if err == nil {
+			prunedTotal.WithLabelValues("WebhookDelivery", reason).Inc()
+			log.Info("pruned", "delivery", client.ObjectKeyFromObject(d), "reason", reason)
+		}
+	}
+	return nil
+}
+
+// ignoreGone: an object already deleted (by the garbage collector, or a user), or
+// replaced by a new one of the same name (UID precondition), is not an error.
+func ignoreGone(err error) error {
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil
+	}
+	return err
+}
+
+// snapshot reads the informers' stores: pointers to the cached objects, with no list
+// built and nothing copied. A cache of several namespaces has no single store; it is
+// listed instead, without deep copies.
+func (p *Pruner) snapshot(ctx context.Context) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
+	di, err := p.Cache.GetInformer(ctx, &hooklinev1.WebhookDelivery{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return nil, nil, err
+	}
+	ei, err := p.Cache.GetInformer(ctx, &hooklinev1.WebhookEvent{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return nil, nil, err
+	}
+	ds, ok1 := di.(interface{ GetStore() toolscache.Store })
+	es, ok2 := ei.(interface{ GetStore() toolscache.Store })
+	if !ok1 || !ok2 {
+		return listed(ctx, p.Cache)
+	}
+	var deliveries []*hooklinev1.WebhookDelivery
+	for _, o := range ds.GetStore().List() {
+		if d, ok := o.(*hooklinev1.WebhookDelivery); ok {
+			deliveries = append(deliveries, d)
+		}
+	}
+	var events []*hooklinev1.WebhookEvent
+	for _, o := range es.GetStore().List() {
+		if e, ok := o.(*hooklinev1.WebhookEvent); ok {
+			events = append(events, e)
+		}
+	}
+	return deliveries, events, nil
+}
+
+// listed lists the cache without deep copies.
+func listed(ctx context.Context, r client.Reader) ([]*hooklinev1.WebhookDelivery, []*hooklinev1.WebhookEvent, error) {
+	var ds hooklinev1.WebhookDeliveryList
+	var es hooklinev1.WebhookEventList
+	if err := r.List(ctx, &ds, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, nil, err
+	}
+	if err := r.List(ctx, &es, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, nil, err
+	}
+	deliveries := make([]*hooklinev1.WebhookDelivery, len(ds.Items))
+	for i := range ds.Items {
+		deliveries[i] = &ds.Items[i]
+	}
+	events := make([]*hooklinev1.WebhookEvent, len(es.Items))
+	for i := range es.Items {
+		events[i] = &es.Items[i]
+	}
+	return deliveries, events, nil
+}
+
+// lastFootprint is the footprint of the last walk (nil before the first).
+func (p *Pruner) lastFootprint() *footprint {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}

@@ -1,0 +1,137 @@
+package retention
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+// delivery is a finished direct delivery to endpoint ep, completed minutes after t0.
+func delivery(name, ep string, failed bool, minutes int, bytes int64) Unit {
+	return Unit{Namespace: "shop", Name: name, Finished: true, Failed: failed, CompletedAt: t0.Add(time.Duration(minutes) * time.Minute),
+		Bytes: bytes, Deliveries: []Outcome{{Endpoint: ep, Failed: failed}}}
+}
+
+func pruned(units []Unit, plan Plan) map[string]string {
+	out := map[string]string{}
+	for _, p := range plan.Prune {
+		out[units[p.Unit].Name] = p.Reason
+	}
+	return out
+}
+
+func TestAgeKeepsFailedLonger(t *testing.T) {
+	units := []Unit{delivery("ok-old", "a", false, 0, 1), delivery("ok-new", "a", false, 50, 1),
+		delivery("failed-old", "a", true, 0, 1), {Namespace: "shop", Name: "pending", Bytes: 1}}
+	plan := Decide(units, Policy{SucceededAge: time.Hour, FailedAge: 2 * time.Hour}, t0.Add(time.Hour))
+	got := pruned(units, plan)
+	if len(got) != 1 || got["ok-old"] != ReasonAge {
+		t.Fatalf("pruned %v, want only ok-old by age", got)
+	}
+	plan = Decide(units, Policy{SucceededAge: time.Hour, FailedAge: 2 * time.Hour}, t0.Add(3*time.Hour))
+	if got := pruned(units, plan); len(got) != 3 || got["pending"] != "" {
+		t.Fatalf("pruned %v, want every finished unit and never the pending one", got)
+	}
+}
+
+func TestCountPerEndpointKeepsTheNewest(t *testing.T) {
+	var units []Unit
+	for i := range 5 {
+		units = append(units, delivery(fmt.Sprintf("a-ok-%d", i), "a", false, i, 1))
+		units = append(units, delivery(fmt.Sprintf("a-failed-%d", i), "a", true, i, 1))
+		units = append(units, delivery(fmt.Sprintf("b-ok-%d", i), "b", false, i, 1))
+	}
+	limits := func(ns, ep string) Limits {
+		if ep == "b" {
+			return Limits{Succeeded: 4} // an override
+		}
+		return Limits{Succeeded: 2, Failed: 3}
+	}
+	got := pruned(units, Decide(units, Policy{PerEndpoint: limits}, t0))
+	want := map[string]string{"a-ok-0": ReasonCount, "a-ok-1": ReasonCount, "a-ok-2": ReasonCount,
+		"a-failed-0": ReasonCount, "a-failed-1": ReasonCount, "b-ok-0": ReasonCount}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("pruned %v\nwant   %v", got, want)
+	}
+}
+
+func TestCountPerNamespacePrunesSucceededEventsFirst(t *testing.T) {
+	units := []Unit{
+		{Namespace: "shop", Name: "failed-oldest", Event: true, Finished: true, Failed: true, CompletedAt: t0},
+		{Namespace: "shop", Name: "ok-old", Event: true, Finished: true, CompletedAt: t0.Add(time.Minute)},
+		{Namespace: "shop", Name: "ok-new", Event: true, Finished: true, CompletedAt: t0.Add(2 * time.Minute)},
+		{Namespace: "shop", Name: "in-progress", Event: true},
+		{Namespace: "other", Name: "ok-other", Event: true, Finished: true, CompletedAt: t0},
+	}
+	got := pruned(units, Decide(units, Policy{EventsPerNamespace: 1}, t0))
+	want := map[string]string{"ok-old": ReasonCount, "ok-new": ReasonCount}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("pruned %v, want %v (the failed event outlives the succeeded ones)", got, want)
+	}
+}
+
+func TestBudgetPrunesEarlyOldestSucceededFirst(t *testing.T) {
+	units := []Unit{
+		delivery("failed-0", "a", true, 0, 100),
+		delivery("ok-1", "a", false, 1, 100),
+		delivery("ok-2", "a", false, 2, 100),
+		delivery("ok-3", "a", false, 3, 100),
+		{Namespace: "shop", Name: "live", Bytes: 400},
+	}
+	// 800 of 1000 bytes: above PruneStart (750), pruned to PruneTarget (700) or less.
+	plan := Decide(units, Policy{MaxBytes: 1000}, t0)
+	got := pruned(units, plan)
+	if len(got) != 1 || got["ok-1"] != ReasonBudget || plan.AfterBytes != 700 || plan.LiveBytes != 400 || plan.RetainedBytes != 800 {
+		t.Fatalf("pruned %v, after %d (live %d, retained %d); want ok-1 alone and 700 left", got, plan.AfterBytes, plan.LiveBytes, plan.RetainedBytes)
+	}
+	// Below PruneStart nothing goes.
+	if plan := Decide(units[1:], Policy{MaxBytes: 1000}, t0); len(plan.Prune) != 0 {
+		t.Fatalf("pruned %v at 700 of 1000 bytes", pruned(units[1:], plan))
+	}
+	// Live work alone above the budget: every finished unit goes, failed last, and the
+	// live one stays.
+	units[4].Bytes = 2000
+	got = pruned(units, Decide(units, Policy{MaxBytes: 1000}, t0))
+	if len(got) != 4 || got["live"] != "" {
+		t.Fatalf("pruned %v, want the four finished units", got)
+	}
+}
+
+func TestBudgetCountsWhatOtherRulesPrune(t *testing.T) {
+	units := []Unit{delivery("expired", "a", false, 0, 500), delivery("ok", "a", false, 59, 300)}
+	plan := Decide(units, Policy{SucceededAge: time.Hour, MaxBytes: 1000}, t0.Add(time.Hour))
+	if got := pruned(units, plan); len(got) != 1 || got["expired"] != ReasonAge || plan.AfterBytes != 300 {
+		t.Fatalf("pruned %v (after %d bytes), want only the expired unit: the rest is within budget", got, plan.AfterBytes)
+	}
+}
+
+func TestGateHoldsAndReleasesInOrder(t *testing.T) {
+	g := NewGate(1000)
+	g.Observe(800)
+	if !g.Admit("shop/a", 100) {
+		t.Fatal("900 of 1000 bytes (HoldAt) refused")
+	}
+	if g.Admit("shop/b", 1) || g.Admit("shop/c", 1) || g.Admit("shop/b", 1) {
+		t.Fatal("admitted above HoldAt")
+	}
+	if g.Holding() != 2 {
+		t.Fatalf("holding %d events, want 2", g.Holding())
+	}
+	if got := g.Release(); got != nil {
+		t.Fatalf("released %v while still full", got)
+	}
+	g.Observe(500)
+	g.Forget("shop/c")
+	if got := g.Release(); !slices.Equal(got, []string{"shop/b"}) {
+		t.Fatalf("released %v, want [shop/b]", got)
+	}
+	if g.Holding() != 0 || g.Release() != nil {
+		t.Fatal("a released event is still held")
+	}
+	if !NewGate(0).Admit("x", 1<<40) {
+		t.Fatal("no budget refused")
+	}
+}
