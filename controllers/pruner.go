@@ -163,12 +163,13 @@ func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hookl
 			objects = append(objects, unitObjects{})
 		}
 		u := &units[i]
-		u.Bytes += int64(deliveryBytes(d))
 		objects[i].deliveries = append(objects[i].deliveries, d)
 		if !finished {
+			u.Bytes += int64(max(deliveryBytes(d), liveDeliveryBytes))
 			u.Finished = false // a manual retry of one delivery reopens its event
 			continue
 		}
+		u.Bytes += int64(deliveryBytes(d))
 		u.Failed = u.Failed || failed
 		u.Deliveries = append(u.Deliveries, retention.Outcome{Endpoint: d.Spec.EndpointRef.Name, Failed: failed})
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/deliverystate"
 )
 
 // What hookline keeps in the API server (and so in etcd), counted by the pruner from
@@ -15,7 +16,7 @@ var (
 		"WebhookEvents and WebhookDeliveries in the API server, by kind and phase (events: Complete or InProgress).",
 		[]string{"kind", "phase"}, nil)
 	retainedBytesDesc = prometheus.NewDesc("hookline_retained_bytes",
-		"Estimated bytes the retained WebhookEvents and WebhookDeliveries take as etcd values: a measured size per object plus what varies (payload, responses, messages).",
+		"Estimated bytes the retained WebhookEvents and WebhookDeliveries take as etcd values: a measured size per object plus what varies (payload, responses, messages); an unfinished delivery counts at least as much as its history can grow to.",
 		nil, nil)
 	budgetBytesDesc = prometheus.NewDesc("hookline_etcd_budget_bytes",
 		"The ceiling on hookline_retained_bytes (--max-etcd-bytes; 0: none).", nil, nil)
@@ -34,6 +35,10 @@ const (
 	deliveryBaseBytes = 2040
 	eventBaseBytes    = 1523 - 45
 	historyEntryBytes = 120 // an attempt record without its response and error
+	// liveDeliveryBytes is what an unfinished delivery is counted as, at least: the
+	// size its history can grow to with short answers and errors. The budget then
+	// holds back new fan-outs before the retries of those admitted outgrow it.
+	liveDeliveryBytes = deliveryBaseBytes + (deliverystate.HistoryLimit-1)*(historyEntryBytes+128)
 )
 
 // footprint is what one walk of the cache counted.
