@@ -62,7 +62,7 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 	}
 	_, _, fp := (&Pruner{}).units(deliveries, events)
 	footprint := &retainedCollector{}
-	footprint.publish(fp)
+	footprint.publish(fp, nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(footprint)
 	got, err := reg.Gather()

@@ -41,8 +41,12 @@ type Retention struct {
 const DefaultPruneInterval = 2 * time.Second
 
 // pruneWorkers delete in parallel: at the maximum delivery rate every message costs
-// two deletes.
-const pruneWorkers = 8
+// two deletes. pruneQueue bounds the deletions planned ahead; what does not fit is
+// planned again by the next walk.
+const (
+	pruneWorkers = 16
+	pruneQueue   = 4096
+)
 
 // Pruner deletes finished events and deliveries by age, by count and to stay within
 // the byte budget, from one walk of the cache per interval. Every deletion of
@@ -57,8 +61,16 @@ type Pruner struct {
 	// Wake reconciles a held event again ("namespace/name").
 	Wake func(key string)
 
-	mu   sync.Mutex
-	last *footprint
+	// deleting holds the units queued or being deleted (by the UID of their first
+	// object): the walks leave them out of their plans but count them until gone.
+	deleting sync.Map
+	work     chan pruneJob
+}
+
+// pruneJob is one unit to delete.
+type pruneJob struct {
+	objects unitObjects
+	reason  string
 }
 
 // NeedLeaderElection: only the leader deletes.
@@ -72,6 +84,23 @@ func (p *Pruner) Start(ctx context.Context) error {
 	}
 	if !p.Cache.WaitForCacheSync(ctx) {
 		return nil
+	}
+	// Deletes run apart from the walks, so that the footprint and the gate are
+	// refreshed every interval however long the deletes take: when they fall behind,
+	// what they have not deleted yet still counts, and the gate holds fan-out back.
+	p.work = make(chan pruneJob, pruneQueue)
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	defer close(p.work)
+	for range pruneWorkers {
+		workers.Go(func() {
+			for job := range p.work {
+				if err := p.deleteUnit(ctx, job.objects, job.reason); err != nil && ctx.Err() == nil {
+					logf.FromContext(ctx).Error(err, "prune", "unit", job.objects.key())
+				}
+				p.deleting.Delete(job.objects.uid())
+			}
+		})
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -93,6 +122,16 @@ type unitObjects struct {
 	deliveries []*hooklinev1.WebhookDelivery
 }
 
+func (u unitObjects) first() client.Object {
+	if u.event != nil {
+		return u.event
+	}
+	return u.deliveries[0]
+}
+
+func (u unitObjects) uid() types.UID        { return u.first().GetUID() }
+func (u unitObjects) key() client.ObjectKey { return client.ObjectKeyFromObject(u.first()) }
+
 func (p *Pruner) walk(ctx context.Context) error {
 	deliveries, events, err := p.snapshot(ctx)
 	if err != nil {
@@ -103,22 +142,35 @@ func (p *Pruner) walk(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	plan := retention.Decide(units, retention.Policy{
+	// Units being deleted are left out of the plan, so that they are neither deleted
+	// twice nor counted as room still to be made.
+	var candidates []retention.Unit
+	var candidateObjects []unitObjects
+	for i, u := range units {
+		if _, busy := p.deleting.Load(objects[i].uid()); !busy {
+			candidates = append(candidates, u)
+			candidateObjects = append(candidateObjects, objects[i])
+		}
+	}
+	plan := retention.Decide(candidates, retention.Policy{
 		SucceededAge: p.Retention.Succeeded, FailedAge: p.Retention.Failed,
 		PerEndpoint: limits, EventsPerNamespace: p.Retention.EventsPerNamespace, MaxBytes: p.Retention.MaxBytes,
 	}, p.Clock.Now())
-	left := p.prune(ctx, plan, units, objects)
-	fp.bytes = left // what is still there once the deletes are done
-	fp.budget = p.Retention.MaxBytes
-	p.Gate.Observe(left)
+	for _, pr := range plan.Prune {
+		job := pruneJob{objects: candidateObjects[pr.Unit], reason: pr.Reason}
+		p.deleting.Store(job.objects.uid(), struct{}{})
+		select {
+		case p.work <- job:
+		default: // the queue is full: the next walk plans the rest again
+			p.deleting.Delete(job.objects.uid())
+		}
+	}
+	// Everything still in the cache counts, the units queued for deletion included.
+	p.Gate.Observe(fp.bytes)
 	for _, key := range p.Gate.Release() {
 		p.Wake(key)
 	}
-	fp.held = p.Gate.Holding()
-	p.mu.Lock()
-	p.last = fp
-	p.mu.Unlock()
-	retained.publish(fp)
+	retained.publish(fp, p.Gate)
 	return nil
 }
 
@@ -206,42 +258,6 @@ func (p *Pruner) endpointLimits(ctx context.Context) (func(ns, name string) rete
 		}
 		return defaults
 	}, nil
-}
-
-// prune deletes the planned units in parallel and returns the bytes left: those of a
-// unit that could not be deleted still count.
-func (p *Pruner) prune(ctx context.Context, plan retention.Plan, units []retention.Unit, objects []unitObjects) int64 {
-	left := plan.RetainedBytes
-	if len(plan.Prune) == 0 {
-		return left
-	}
-	work := make(chan retention.Prune)
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for range min(pruneWorkers, len(plan.Prune)) {
-		wg.Go(func() {
-			for pr := range work {
-				if err := p.deleteUnit(ctx, objects[pr.Unit], pr.Reason); err != nil {
-					if ctx.Err() == nil {
-						logf.FromContext(ctx).Error(err, "prune", "namespace", units[pr.Unit].Namespace, "name", units[pr.Unit].Name)
-					}
-					continue
-				}
-				mu.Lock()
-				left -= units[pr.Unit].Bytes
-				mu.Unlock()
-			}
-		})
-	}
-	for _, pr := range plan.Prune {
-		select {
-		case work <- pr:
-		case <-ctx.Done():
-		}
-	}
-	close(work)
-	wg.Wait()
-	return left
 }
 
 // deleteUnit deletes an event first, so that it is not recounted as its deliveries
@@ -333,11 +349,4 @@ func listed(ctx context.Context, r client.Reader) ([]*hooklinev1.WebhookDelivery
 		events[i] = &es.Items[i]
 	}
 	return deliveries, events, nil
-}
-
-// lastFootprint is the footprint of the last walk (nil before the first).
-func (p *Pruner) lastFootprint() *footprint {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.last
 }

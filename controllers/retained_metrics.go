@@ -7,6 +7,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/retention"
 )
 
 // What hookline keeps in the API server (and so in etcd), counted by the pruner from
@@ -47,18 +48,22 @@ type footprint struct {
 	complete   int
 	inProgress int
 	bytes      int64
-	budget     int64
-	held       int
 }
 
 // retainedCollector reports the footprint the pruner counted last.
 type retainedCollector struct {
 	last atomic.Pointer[footprint]
+	gate atomic.Pointer[retention.Gate]
 }
 
 var retained = &retainedCollector{}
 
-func (c *retainedCollector) publish(f *footprint) { c.last.Store(f) }
+func (c *retainedCollector) publish(f *footprint, g *retention.Gate) {
+	c.last.Store(f)
+	if g != nil {
+		c.gate.Store(g)
+	}
+}
 
 func (c *retainedCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- retainedObjectsDesc
@@ -78,8 +83,10 @@ func (c *retainedCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(retainedObjectsDesc, prometheus.GaugeValue, float64(f.complete), "WebhookEvent", "Complete")
 	ch <- prometheus.MustNewConstMetric(retainedObjectsDesc, prometheus.GaugeValue, float64(f.inProgress), "WebhookEvent", "InProgress")
 	ch <- prometheus.MustNewConstMetric(retainedBytesDesc, prometheus.GaugeValue, float64(f.bytes))
-	ch <- prometheus.MustNewConstMetric(budgetBytesDesc, prometheus.GaugeValue, float64(f.budget))
-	ch <- prometheus.MustNewConstMetric(heldEventsDesc, prometheus.GaugeValue, float64(f.held))
+	if g := c.gate.Load(); g != nil {
+		ch <- prometheus.MustNewConstMetric(budgetBytesDesc, prometheus.GaugeValue, float64(g.Max()))
+		ch <- prometheus.MustNewConstMetric(heldEventsDesc, prometheus.GaugeValue, float64(g.Holding()))
+	}
 }
 
 // eventBytes estimates an event's etcd value without encoding it.

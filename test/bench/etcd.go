@@ -115,7 +115,18 @@ type footprintResult struct {
 	HoursToFill2GiB     float64 `json:"hoursToFill2GiBAtTheMaxRate"`
 	MaxRatePerSec       float64 `json:"maxRatePerSec"`
 	RetentionSucceededH float64 `json:"retentionSucceededHours"`
+	// The bound with the default budget: its values as compacted database bytes, plus
+	// the revisions written at the maximum rate between two compactions.
+	BoundObjectsMiB   float64 `json:"boundObjectsMiB"`
+	BoundRevisionsMiB float64 `json:"boundRevisionsMiB"`
+	BoundMiB          float64 `json:"boundMiB"`
 }
+
+// defaultBudget is the manager's default --max-etcd-bytes.
+const defaultBudget = 128 << 20
+
+// compactionInterval is the API server's default --etcd-compaction-interval.
+const compactionInterval = 5 * 60
 
 // measureFootprint reads what the messages of a finished 1-endpoint scenario cost etcd:
 // their values, the database's growth before compaction, and after it.
@@ -150,5 +161,8 @@ func measureFootprint(ctx context.Context, e etcdClient, ns string, messages int
 	if out.CompactedPerMsg > 0 && rate > 0 {
 		out.HoursToFill2GiB = float64(2<<30) / (out.CompactedPerMsg * rate) / 3600
 	}
+	out.BoundObjectsMiB = defaultBudget * out.CompactedPerMsg / out.ValueBytesPerMsg / (1 << 20)
+	out.BoundRevisionsMiB = rate * compactionInterval * out.InUseGrowthPerMsg / (1 << 20)
+	out.BoundMiB = out.BoundObjectsMiB + out.BoundRevisionsMiB
 	return nil
 }
