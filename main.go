@@ -73,7 +73,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.historySucceeded, "history-succeeded-per-endpoint", 1000, "Succeeded deliveries kept per endpoint, newest first (0: any number; an endpoint's spec.successfulDeliveriesHistoryLimit overrides it)")
 	fs.IntVar(&o.historyFailed, "history-failed-per-endpoint", 5000, "Failed and Exhausted deliveries kept per endpoint, newest first (0: any number; spec.failedDeliveriesHistoryLimit overrides it)")
 	fs.IntVar(&o.historyEvents, "history-events-per-namespace", 20000, "finished WebhookEvents kept per namespace, those whose deliveries all succeeded pruned first (0: any number)")
-	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "128Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
+	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "64Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
@@ -113,7 +113,7 @@ func parseFlags(args []string) (*options, error) {
 func (o *options) etcdBudget() (int64, error) {
 	q, err := resource.ParseQuantity(o.maxEtcdBytes)
 	if err != nil || q.Sign() < 0 {
-		return 0, fmt.Errorf("--max-etcd-bytes %q: want a non-negative quantity like 128Mi or 1Gi", o.maxEtcdBytes)
+		return 0, fmt.Errorf("--max-etcd-bytes %q: want a non-negative quantity like 64Mi or 1Gi", o.maxEtcdBytes)
 	}
 	return q.Value(), nil
 }

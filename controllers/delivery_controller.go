@@ -51,6 +51,8 @@ type DeliveryReconciler struct {
 	wakeups  chan event.GenericEvent
 	// health is the health recorder: it batches the endpoints' failure records.
 	health *endpointHealth
+	// turns orders the work queue so that endpoints are served in turn.
+	turns *fairTurns
 
 	// attempted remembers, per delivery, how many attempts this process has recorded,
 	// so that a reconcile reading a cache that has not caught up with our own write yet
@@ -67,10 +69,17 @@ type DeliveryReconciler struct {
 // by the state machine (internal/deliverystate) and written once, when Reconcile
 // returns.
 func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	r.turns.started(req.NamespacedName)
 	var d hooklinev1.WebhookDelivery
 	if err := r.Get(ctx, req.NamespacedName, &d); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	defer func() {
+		if result.RequeueAfter > 0 {
+			p := r.turns.later()
+			result.Priority = &p
+		}
+	}()
 	if n, ok := r.attempted.Load(d.UID); ok {
 		if n.(int32) > d.Status.Attempts {
 			return ctrl.Result{RequeueAfter: 200 * time.Millisecond}, nil // our own write is not in the cache yet
@@ -268,9 +277,10 @@ func (r *DeliveryReconciler) endpoint(ctx context.Context, d *hooklinev1.Webhook
 // SetupWithManager watches deliveries, and endpoints whose gate (paused, disabled,
 // ready) changed, to bring their waiting deliveries back.
 func (r *DeliveryReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	fair := fairHandler{turns: r.turns, endpointOf: r.endpointOf}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&hooklinev1.WebhookDelivery{}).
-		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).
+		Watches(&hooklinev1.WebhookDelivery{}, fair).
+		WatchesRawSource(source.Channel(r.wakeups, fair)).
 		Watches(&hooklinev1.WebhookEndpoint{}, handler.EnqueueRequestsFromMapFunc(r.endpointDeliveries),
 			builder.WithPredicates(deliveryGateChanged())).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
@@ -325,6 +335,15 @@ func rateLimits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
 		}
 	}
 	return lim
+}
+
+// endpointOf is the endpoint key of a delivery known by name only, from the cache.
+func (r *DeliveryReconciler) endpointOf(ctx context.Context, req types.NamespacedName) string {
+	var d hooklinev1.WebhookDelivery
+	if err := r.Get(ctx, req, &d); err != nil {
+		return ""
+	}
+	return d.Namespace + "/" + d.Spec.EndpointRef.Name
 }
 
 // endpointDeliveries maps an endpoint to its unfinished deliveries.

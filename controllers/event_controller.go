@@ -128,7 +128,7 @@ const heldRecheck = 30 * time.Second
 // admit asks the gate for room for n deliveries. A held event says so in its
 // Complete condition and, once, in a Kubernetes Event.
 func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent, n int, now time.Time) bool {
-	if n == 0 || r.Gate.Admit(ev.Namespace+"/"+ev.Name, int64(n)*liveDeliveryBytes) {
+	if n == 0 || r.Gate.Admit(ev.Namespace+"/"+ev.Name, eventBytes(ev)+int64(n)*liveDeliveryBytes) {
 		return true
 	}
 	msg := fmt.Sprintf("fan-out to %d endpoints waits: hookline's objects take %s of its %s etcd budget (--max-etcd-bytes) and nothing finished is left to prune; it resumes as deliveries finish",

@@ -20,20 +20,26 @@ import (
 	"github.com/hookline/hookline/internal/delivery"
 )
 
-// switchableReceiver never answers (until the client gives up) while stuck, and
-// answers 200 at once after heal; it counts the requests in flight.
+// switchableReceiver never answers (until the client gives up) while stuck, or
+// answers 503 at once if it refuses, and answers 200 at once after heal; it counts the
+// requests in flight and the message ids it accepted.
 type switchableReceiver struct {
 	*httptest.Server
 	stuck    atomic.Bool
+	refuse   bool
 	inFlight atomic.Int32
 	mu       sync.Mutex
 	peak     int32
 	requests int
+	accepted map[string]bool
 }
 
-func newSwitchableReceiver(t *testing.T) *switchableReceiver {
+func newSwitchableReceiver(t *testing.T) *switchableReceiver { return newStuckReceiver(t, false) }
+
+// newStuckReceiver starts stuck; refuse: answering 503 rather than never.
+func newStuckReceiver(t *testing.T, refuse bool) *switchableReceiver {
 	t.Helper()
-	r := &switchableReceiver{}
+	r := &switchableReceiver{refuse: refuse, accepted: map[string]bool{}}
 	r.stuck.Store(true)
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		_, _ = io.Copy(io.Discard, req.Body) // the server notices the client leave once the body is read
@@ -43,8 +49,15 @@ func newSwitchableReceiver(t *testing.T) *switchableReceiver {
 		r.peak = max(r.peak, n)
 		r.requests++
 		r.mu.Unlock()
-		if r.stuck.Load() {
+		switch {
+		case r.stuck.Load() && r.refuse:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case r.stuck.Load():
 			<-req.Context().Done()
+		default:
+			r.mu.Lock()
+			r.accepted[req.Header.Get("webhook-id")] = true
+			r.mu.Unlock()
 		}
 	}))
 	t.Cleanup(r.Close)
@@ -57,6 +70,13 @@ func (r *switchableReceiver) resetPeak() int {
 	defer r.mu.Unlock()
 	r.peak = r.inFlight.Load()
 	return r.requests
+}
+
+// delivered is the number of distinct messages answered 200.
+func (r *switchableReceiver) delivered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.accepted)
 }
 
 func (r *switchableReceiver) stats() (peak int32, requests int) {
@@ -197,4 +217,57 @@ func TestHugeResponseHeadersFailTheAttempt(t *testing.T) {
 	if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c == nil || !strings.Contains(c.Message, "exceeded") {
 		t.Fatalf("condition %+v", c)
 	}
+}
+
+// A burst to one endpoint allowed every worker does not queue another endpoint's
+// delivery behind it: the work queue serves endpoints in turn, not in arrival order.
+func TestEndpointsAreServedInTurn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conf := testConfig()
+	conf.MaxConcurrentDeliveries = 2
+	ns := "own-9"
+	ownNamespace(t, ns, conf)
+	var burstServed atomic.Int32
+	burst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(50 * time.Millisecond) // a receiver that takes its time, not a wait in the test
+		burstServed.Add(1)
+	}))
+	t.Cleanup(burst.Close)
+	servedBefore := make(chan int32, 1)
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case servedBefore <- burstServed.Load():
+		default:
+		}
+	}))
+	t.Cleanup(other.Close)
+	busy := newEndpoint(ns, "busy", burst.URL+"/", "*")
+	busy.Spec.RateLimit = &hooklinev1.RateLimitSpec{MaxInFlight: ptr(int32(2))} // every worker
+	createAll(ctx, t, busy, newEndpoint(ns, "other", other.URL+"/", "*"))
+	waitReady(t, ns, "busy", hooklinev1.ReasonActive)
+	waitReady(t, ns, "other", hooklinev1.ReasonActive)
+
+	const queued = 150
+	var created sync.WaitGroup
+	errs := make(chan error, queued)
+	for i := range queued {
+		created.Go(func() { errs <- k8s.Create(ctx, directDelivery(ns, fmt.Sprintf("burst-%03d", i), "busy")) })
+	}
+	created.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	createAll(ctx, t, directDelivery(ns, "other", "other"))
+	waitDeliveryPhase(t, ns, "other", hooklinev1.PhaseSucceeded, 20*time.Second)
+	before := <-servedBefore
+	// In arrival order it would come after all 150 (almost 4 s of the busy receiver's
+	// time on two workers); in turn, right after the deliveries in flight.
+	if left := queued - before; left < 50 {
+		t.Fatalf("the other endpoint's delivery was sent after %d of the burst's %d, with only %d left: it queued behind them", before, queued, left)
+	}
+	t.Logf("sent after %d of the burst's %d", before, queued)
 }

@@ -133,6 +133,7 @@ func (u unitObjects) uid() types.UID        { return u.first().GetUID() }
 func (u unitObjects) key() client.ObjectKey { return client.ObjectKeyFromObject(u.first()) }
 
 func (p *Pruner) walk(ctx context.Context) error {
+	takenAt := time.Now()
 	deliveries, events, err := p.snapshot(ctx)
 	if err != nil {
 		return err
@@ -165,8 +166,10 @@ func (p *Pruner) walk(ctx context.Context) error {
 			p.deleting.Delete(job.objects.uid())
 		}
 	}
-	// Everything still in the cache counts, the units queued for deletion included.
-	p.Gate.Observe(fp.bytes)
+	// Everything still in the cache counts, the units queued for deletion included,
+	// but the events not fanned out yet: the gate admits them with their own bytes, so
+	// that a flood of them cannot keep the gate shut for ever.
+	p.Gate.Observe(fp.bytes-fp.notFannedOut, takenAt)
 	for _, key := range p.Gate.Release() {
 		p.Wake(key)
 	}
@@ -184,10 +187,14 @@ func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hookl
 	for _, e := range events {
 		byUID[e.UID] = len(units)
 		u := retention.Unit{Namespace: e.Namespace, Name: e.Name, Event: true, Bytes: eventBytes(e), Finished: e.Status.CompletionTime != nil}
-		if u.Finished {
+		switch {
+		case u.Finished:
 			u.CompletedAt = e.Status.CompletionTime.Time
 			fp.complete++
-		} else {
+		case e.Status.MessageID == "":
+			fp.inProgress++
+			fp.notFannedOut += u.Bytes
+		default:
 			fp.inProgress++
 		}
 		units = append(units, u)

@@ -48,6 +48,8 @@ type footprint struct {
 	complete   int
 	inProgress int
 	bytes      int64
+	// notFannedOut are the bytes of the events whose fan-out has not run (new or held).
+	notFannedOut int64
 }
 
 // retainedCollector reports the footprint the pruner counted last.

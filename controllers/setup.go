@@ -90,6 +90,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Recorder:            recorder,
 		Clock:               clk,
 		health:              health,
+		turns:               newFairTurns(),
 		wakeups:             make(chan event.GenericEvent, 1024),
 	}
 	deliveries.throttle = throttle.New(deliveries.wake)

@@ -110,7 +110,8 @@ func TestBudgetCountsWhatOtherRulesPrune(t *testing.T) {
 
 func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	g := NewGate(1000)
-	g.Observe(800)
+	g.now = func() time.Time { return t0.Add(time.Second) }
+	g.Observe(800, t0)
 	if !g.Admit("shop/a", 100) {
 		t.Fatal("900 of 1000 bytes (HoldAt) refused")
 	}
@@ -123,13 +124,20 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	if got := g.Release(); got != nil {
 		t.Fatalf("released %v while still full", got)
 	}
-	g.Observe(500)
+	g.Observe(400, t0) // shop/a's 100 bytes, admitted after the count, still count
+	if g.Used() != 500 {
+		t.Fatalf("used %d, want 500: a reservation newer than the count is kept", g.Used())
+	}
 	g.Forget("shop/c")
 	if got := g.Release(); !slices.Equal(got, []string{"shop/b"}) {
 		t.Fatalf("released %v, want [shop/b]", got)
 	}
 	if g.Holding() != 0 || g.Release() != nil {
 		t.Fatal("a released event is still held")
+	}
+	g.Observe(450, t0.Add(time.Minute))
+	if g.Used() != 450 {
+		t.Fatalf("used %d, want 450: a count taken well after a reservation replaces it", g.Used())
 	}
 	if !NewGate(0).Admit("x", 1<<40) {
 		t.Fatal("no budget refused")

@@ -123,7 +123,7 @@ type footprintResult struct {
 }
 
 // defaultBudget is the manager's default --max-etcd-bytes.
-const defaultBudget = 128 << 20
+const defaultBudget = 64 << 20
 
 // compactionInterval is the API server's default --etcd-compaction-interval.
 const compactionInterval = 5 * 60

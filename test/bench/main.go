@@ -158,7 +158,9 @@ func run() error {
 	for _, s := range scenarios {
 		namespaces = append(namespaces, "bench-"+s.name)
 	}
-	mgr, err := startManager(kubeconfig, work, namespaces)
+	// The scenarios measure the delivery path and count every object they made, so
+	// the history counts are off here; the soak measures retention at work.
+	mgr, err := startManager(kubeconfig, work, namespaces, noHistoryCounts...)
 	if err != nil {
 		return err
 	}
@@ -647,7 +649,7 @@ func fillRetained(ctx context.Context, env *testenv.Env, ns string, from, to int
 // managerMemoryOn starts a manager on ns, holding count finished messages, and reads
 // its memory once it has looked at every object.
 func managerMemoryOn(ctx context.Context, kubeconfig, work, ns string, count int) (rssMiB, heapMiB float64, err error) {
-	mgr, err := startManager(kubeconfig, work, []string{ns})
+	mgr, err := startManager(kubeconfig, work, []string{ns}, noHistoryCounts...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -701,6 +703,9 @@ func freePort() (string, error) {
 	defer ln.Close()
 	return ln.Addr().String(), nil
 }
+
+// noHistoryCounts turns retention by count off.
+var noHistoryCounts = []string{"--history-succeeded-per-endpoint=0", "--history-failed-per-endpoint=0", "--history-events-per-namespace=0"}
 
 // startManager runs the manager binary with the shipped defaults, watching namespaces;
 // extra flags come last.

@@ -94,9 +94,8 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 	if out.DBInUseStartBytes, _, err = etcd.dbSize(ctx); err != nil {
 		return err
 	}
-	mgr, err := startManager(kubeconfig, work, []string{ns}, "--max-etcd-bytes="+*soakBudget,
-		// The budget, not the counts, is what binds here.
-		"--history-succeeded-per-endpoint=0", "--history-events-per-namespace=0")
+	// The budget, not the counts, is what binds here.
+	mgr, err := startManager(kubeconfig, work, []string{ns}, append(noHistoryCounts, "--max-etcd-bytes="+*soakBudget)...)
 	if err != nil {
 		return err
 	}

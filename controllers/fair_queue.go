@@ -1,0 +1,121 @@
+package controllers
+
+import (
+	"context"
+	"sync"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+)
+
+// fairTurns orders the delivery work queue so that endpoints are served in turn, not
+// in arrival order: start-time fair queueing over the controller's priority queue.
+// Each queued delivery gets a tag one past the later of its endpoint's last tag and
+// the tag being served now, and a higher priority for a smaller tag. A burst of
+// thousands of deliveries to one endpoint takes one turn each round, so another
+// endpoint's delivery is next, not behind the burst; and as the burst's turns come,
+// newer deliveries of other endpoints queue behind them, so nobody starves.
+type fairTurns struct {
+	mu      sync.Mutex
+	now     int64                          // the tag served last
+	last    map[string]int64               // endpoint -> its last tag
+	pending map[types.NamespacedName]int64 // queued request -> its tag
+}
+
+func newFairTurns() *fairTurns {
+	return &fairTurns{last: map[string]int64{}, pending: map[types.NamespacedName]int64{}}
+}
+
+// queue returns the priority of a request joining the queue for endpoint (its key
+// "namespace/name"); a request already queued keeps its turn.
+func (f *fairTurns) queue(req types.NamespacedName, endpoint string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if tag, ok := f.pending[req]; ok {
+		return priorityOf(tag)
+	}
+	tag := max(f.now, f.last[endpoint]) + 1
+	f.last[endpoint] = tag
+	f.pending[req] = tag
+	return priorityOf(tag)
+}
+
+// later returns the priority of a request coming back after a wait (a retry, a
+// throttled or rate-limited delivery): the current turn, without taking one from its
+// endpoint, so that waiting deliveries do not push their endpoint's new ones back and,
+// once due, go before what was queued after them.
+func (f *fairTurns) later() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return priorityOf(f.now + 1)
+}
+
+// started records that a request is being served: its tag becomes the current one.
+func (f *fairTurns) started(req types.NamespacedName) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if tag, ok := f.pending[req]; ok {
+		delete(f.pending, req)
+		f.now = max(f.now, tag)
+	}
+	// Endpoints that fell behind the current tag have nothing queued ahead of it; they
+	// are forgotten, and start again from the current tag when they return.
+	if len(f.last) > 4*len(f.pending)+1024 {
+		for ep, tag := range f.last {
+			if tag <= f.now {
+				delete(f.last, ep)
+			}
+		}
+	}
+}
+
+// priorityOf maps a tag to a queue priority: a smaller tag goes first.
+func priorityOf(tag int64) int { return int(-tag) }
+
+// fairHandler enqueues deliveries with their endpoint's turn.
+type fairHandler struct {
+	turns *fairTurns
+	// endpointOf finds the endpoint of a delivery known by name only (a wakeup).
+	endpointOf func(ctx context.Context, req types.NamespacedName) string
+}
+
+func (h fairHandler) add(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	req := types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}
+	endpoint := ""
+	if d, ok := obj.(*hooklinev1.WebhookDelivery); ok && d.Spec.EndpointRef.Name != "" {
+		endpoint = d.Namespace + "/" + d.Spec.EndpointRef.Name
+	} else if h.endpointOf != nil {
+		endpoint = h.endpointOf(ctx, req)
+	}
+	priority := h.turns.queue(req, endpoint)
+	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: &priority}, reconcile.Request{NamespacedName: req})
+		return
+	}
+	q.Add(reconcile.Request{NamespacedName: req})
+}
+
+func (h fairHandler) Create(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
+}
+
+func (h fairHandler) Update(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.ObjectNew, q)
+}
+
+func (h fairHandler) Delete(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
+}
+
+func (h fairHandler) Generic(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	h.add(ctx, e.Object, q)
+}
+
+var _ handler.EventHandler = fairHandler{}
