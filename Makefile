@@ -54,8 +54,17 @@ vet: ## go vet.
 # -race: the manager is concurrent (workers, batching, caches), so every test runs under
 # the race detector. -parallel 8: the envtest tests wait on receivers and retries far
 # more than they compute, so more of them run at once than there are cores.
-test: manifests generate fmt vet envtest kustomize helm ## Run every test against a real API server (envtest), with the race detector.
+test: manifests generate fmt vet envtest kustomize helm postgres ## Run every test against a real API server (envtest), with the race detector.
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test -race ./... -count=1 -parallel 8 -timeout 20m
+
+.PHONY: postgres
+# The archive's tests start a throwaway PostgreSQL server from Debian's package; it is
+# installed when missing (as root, or with sudo).
+postgres: ## Install Debian's postgresql package when pg_ctl is missing.
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null; then exit 0; fi; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	echo "installing postgresql (for the archive's tests)"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null
 
 .PHONY: bench
 bench: build envtest ## The throughput, latency and cost benchmark (prints a table, writes bin/bench-report.json), then the Go benchmarks.

@@ -24,6 +24,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/controllers"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/kubeclient"
@@ -44,6 +45,8 @@ type options struct {
 	historyFailed              int
 	historyEvents              int
 	maxEtcdBytes               string
+	archiveDSNFile             string
+	archiveRetention           time.Duration
 	kubeAPIQPS                 float64
 	kubeAPIBurst               int
 	showVersion                bool
@@ -74,6 +77,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.historyFailed, "history-failed-per-endpoint", 5000, "Failed and Exhausted deliveries kept per endpoint, newest first (0: any number; spec.failedDeliveriesHistoryLimit overrides it)")
 	fs.IntVar(&o.historyEvents, "history-events-per-namespace", 20000, "finished WebhookEvents kept per namespace, those whose deliveries all succeeded pruned first (0: any number)")
 	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "64Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
+	fs.StringVar(&o.archiveDSNFile, "archive-postgres-dsn-file", "", "file holding a PostgreSQL DSN (a mounted Secret): finished deliveries are archived there before they are pruned, and nothing is pruned that could not be archived (default: no archive)")
+	fs.DurationVar(&o.archiveRetention, "archive-retention", 30*24*time.Hour, "how long the archive keeps deliveries; whole days are dropped")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
@@ -116,6 +121,19 @@ func (o *options) etcdBudget() (int64, error) {
 		return 0, fmt.Errorf("--max-etcd-bytes %q: want a non-negative quantity like 64Mi or 1Gi", o.maxEtcdBytes)
 	}
 	return q.Value(), nil
+}
+
+// archive opens the archive named by --archive-postgres-dsn-file; nil without one.
+// The database may be down: the store connects, and migrates, on its first write.
+func (o *options) archive() (controllers.Archiver, error) {
+	if o.archiveDSNFile == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(o.archiveDSNFile)
+	if err != nil {
+		return nil, fmt.Errorf("--archive-postgres-dsn-file: %w", err)
+	}
+	return archive.New(strings.TrimSpace(string(raw)))
 }
 
 func (o *options) retention() controllers.Retention {
@@ -204,6 +222,10 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
+	archiver, err := o.archive()
+	if err != nil {
+		return err
+	}
 	if err := controllers.Setup(ctx, mgr, controllers.Config{
 		AllowInsecureHTTP: o.allowInsecureHTTP,
 		Sender: delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent(),
@@ -211,6 +233,8 @@ func run(ctx context.Context, o *options) error {
 		MaxConcurrentDeliveries: o.maxConcurrentDeliveries,
 		EndpointMaxInFlight:     o.endpointMaxInFlight,
 		Retention:               o.retention(),
+		Archive:                 archiver,
+		ArchiveRetention:        o.archiveRetention,
 		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {
 		return err

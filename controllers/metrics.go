@@ -32,7 +32,8 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(attemptsTotal, completedTotal, attemptDuration, deliveryLatency, prunedTotal, retained)
+	metrics.Registry.MustRegister(attemptsTotal, completedTotal, attemptDuration, deliveryLatency, prunedTotal, retained,
+		archivedTotal, archiveErrorsTotal, archiveUp)
 }
 
 var outcomeLabels = map[delivery.Outcome]string{

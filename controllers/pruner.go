@@ -15,6 +15,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/retention"
 )
 
@@ -60,11 +61,19 @@ type Pruner struct {
 	Clock     clock.PassiveClock
 	// Wake reconciles a held event again ("namespace/name").
 	Wake func(key string)
+	// Archive, when set, receives every unit before it is deleted; ArchiveRetention
+	// is how long the archive keeps it.
+	Archive          Archiver
+	ArchiveRetention time.Duration
 
 	// deleting holds the units queued or being deleted (by the UID of their first
 	// object): the walks leave them out of their plans but count them until gone.
 	deleting sync.Map
 	work     chan pruneJob
+	// archiveFailing: the last archive write failed (logged once per outage);
+	// archiveDroppedAt: when the archive's retention last ran.
+	archiveFailing   bool
+	archiveDroppedAt time.Time
 }
 
 // pruneJob is one unit to delete.
@@ -157,15 +166,18 @@ func (p *Pruner) walk(ctx context.Context) error {
 		SucceededAge: p.Retention.Succeeded, FailedAge: p.Retention.Failed,
 		PerEndpoint: limits, EventsPerNamespace: p.Retention.EventsPerNamespace, MaxBytes: p.Retention.MaxBytes,
 	}, p.Clock.Now())
+	var jobs []pruneJob
 	for _, pr := range plan.Prune {
-		job := pruneJob{objects: candidateObjects[pr.Unit], reason: pr.Reason}
-		p.deleting.Store(job.objects.uid(), struct{}{})
-		select {
-		case p.work <- job:
-		default: // the queue is full: the next walk plans the rest again
-			p.deleting.Delete(job.objects.uid())
+		if len(jobs) == cap(p.work)-len(p.work) {
+			break // the queue is full: the next walk plans the rest again
 		}
+		jobs = append(jobs, pruneJob{objects: candidateObjects[pr.Unit], reason: pr.Reason})
 	}
+	for _, job := range p.archived(ctx, jobs) {
+		p.deleting.Store(job.objects.uid(), struct{}{})
+		p.work <- job
+	}
+	p.expireArchive(ctx)
 	// Everything still in the cache counts, the units queued for deletion included,
 	// but the events not fanned out yet: the gate admits them with their own bytes, so
 	// that a flood of them cannot keep the gate shut for ever.
@@ -265,6 +277,64 @@ func (p *Pruner) endpointLimits(ctx context.Context) (func(ns, name string) rete
 		}
 		return defaults
 	}, nil
+}
+
+// archived writes the jobs' units to the archive, in batches, and returns those
+// written: a unit that is not in the archive is not deleted. Without an archive, all.
+func (p *Pruner) archived(ctx context.Context, jobs []pruneJob) []pruneJob {
+	if p.Archive == nil || len(jobs) == 0 {
+		return jobs
+	}
+	done := 0
+	for done < len(jobs) {
+		var deliveries []archive.Delivery
+		var payloads []archive.Payload
+		end := done
+		for end < len(jobs) && len(deliveries) < archiveBatch {
+			d, pl := archiveRecords(jobs[end].objects)
+			deliveries, payloads = append(deliveries, d...), append(payloads, pl...)
+			end++
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.Archive.Write(wctx, deliveries, payloads)
+		cancel()
+		if err != nil {
+			archiveErrorsTotal.Inc()
+			archiveUp.Set(0)
+			if !p.archiveFailing {
+				logf.FromContext(ctx).Error(err, "archive write failed: nothing is pruned until it succeeds again")
+			}
+			p.archiveFailing = true
+			break
+		}
+		if p.archiveFailing {
+			logf.FromContext(ctx).Info("archive writes succeed again")
+		}
+		p.archiveFailing = false
+		archiveUp.Set(1)
+		archivedTotal.Add(float64(len(deliveries)))
+		done = end
+	}
+	return jobs[:done]
+}
+
+// archiveRetentionEvery is how often the archive's old partitions are dropped.
+const archiveRetentionEvery = time.Hour
+
+// expireArchive drops the archive's days older than its retention, once an hour.
+func (p *Pruner) expireArchive(ctx context.Context) {
+	if p.Archive == nil || p.ArchiveRetention <= 0 || p.Clock.Since(p.archiveDroppedAt) < archiveRetentionEvery {
+		return
+	}
+	dropped, err := p.Archive.DropBefore(ctx, p.Clock.Now().Add(-p.ArchiveRetention))
+	if err != nil {
+		logf.FromContext(ctx).Error(err, "archive retention")
+		return
+	}
+	p.archiveDroppedAt = p.Clock.Now()
+	if len(dropped) > 0 {
+		logf.FromContext(ctx).Info("archive retention dropped days", "partitions", dropped)
+	}
 }
 
 // deleteUnit deletes an event first, so that it is not recounted as its deliveries

@@ -31,6 +31,10 @@ type Config struct {
 	// UserSecretPoll is how often an endpoint whose Secrets are not in order looks
 	// again (DefaultUserSecretPoll when zero).
 	UserSecretPoll time.Duration
+	// Archive, when set, keeps finished deliveries before they are pruned, for
+	// ArchiveRetention.
+	Archive          Archiver
+	ArchiveRetention time.Duration
 	// Namespaces are the namespaces the manager's cache watches (its
 	// DefaultNamespaces; empty: all), for the caches Setup makes of its own.
 	Namespaces map[string]cache.Config
@@ -78,7 +82,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
-	if err := mgr.Add(&Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake}); err != nil {
+	if err := mgr.Add(&Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake,
+		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention}); err != nil {
 		return err
 	}
 	deliveries := &DeliveryReconciler{

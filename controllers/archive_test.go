@@ -1,0 +1,117 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/testenv"
+)
+
+// archivedNames lists the names of ns's archived deliveries.
+func archivedNames(ctx context.Context, store *archive.Store, ns string) (map[string]archive.Delivery, error) {
+	list, err := store.List(ctx, archive.Filter{Namespace: ns, Limit: 1000})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]archive.Delivery{}
+	for _, d := range list {
+		out[d.Name] = d
+	}
+	return out, nil
+}
+
+func deliveriesLeft(ctx context.Context, ns string) (int, error) {
+	var list hooklinev1.WebhookDeliveryList
+	err := k8s.List(ctx, &list, client.InNamespace(ns))
+	return len(list.Items), err
+}
+
+// With an archive, retention writes every finished delivery to PostgreSQL (its
+// attempts, its event's payload) before deleting it. With the database down nothing
+// is pruned and the manager says so; once it is back, the manager catches up.
+func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Remove() })
+	store, err := archive.New(pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	conf := testConfig()
+	conf.Retention = Retention{Succeeded: time.Second, Failed: time.Second, Interval: 200 * time.Millisecond}
+	conf.Archive = store
+	ns := "own-10"
+	ownNamespace(t, ns, conf)
+	recv := newReceiver(t)
+	createAll(ctx, t, newEndpoint(ns, "acme", recv.URL+"/", "*"))
+	waitReady(t, ns, "acme", hooklinev1.ReasonActive)
+
+	for i := range 5 {
+		createAll(ctx, t, newEvent(ns, fmt.Sprintf("order-%d", i), "order.created", fmt.Sprintf(`{"order":%d}`, i)))
+	}
+	createAll(ctx, t, directDelivery(ns, "direct", "acme"))
+	eventually(t, 20*time.Second, "every delivery archived, then pruned", func(ctx context.Context) (bool, string, error) {
+		left, err := deliveriesLeft(ctx, ns)
+		if err != nil {
+			return false, "", err
+		}
+		archived, err := archivedNames(ctx, store, ns)
+		if err != nil {
+			return false, "", err
+		}
+		return left == 0 && len(archived) == 6, fmt.Sprintf("%d in the cluster, %d archived", left, len(archived)), nil
+	})
+	archived, _ := archivedNames(ctx, store, ns)
+	fanned := archived[deliveryName("order-3", "acme")]
+	if fanned.EventName != "order-3" || string(fanned.Payload) != `{"order": 3}` || fanned.Phase != "Succeeded" || fanned.Attempts != 1 ||
+		len(fanned.History) != 1 || fanned.History[0].StatusCode != 200 || fanned.MessageID == "" || fanned.SignatureScheme != "StandardWebhooks" {
+		t.Fatalf("archived %+v", fanned)
+	}
+	if direct := archived["direct"]; direct.EventUID != "" || string(direct.Payload) != `{"delivery": "direct"}` {
+		t.Fatalf("archived direct delivery %+v", direct)
+	}
+
+	// The database goes down: finished deliveries stay in the cluster.
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	errorsBefore := testutil.ToFloat64(archiveErrorsTotal)
+	createAll(ctx, t, newEvent(ns, "while-down", "order.created", `{"order":99}`))
+	waitDeliveryPhase(t, ns, deliveryName("while-down", "acme"), hooklinev1.PhaseSucceeded, 10*time.Second)
+	eventually(t, 10*time.Second, "archive failures counted", func(context.Context) (bool, string, error) {
+		n := testutil.ToFloat64(archiveErrorsTotal) - errorsBefore
+		return n >= 2 && testutil.ToFloat64(archiveUp) == 0, fmt.Sprintf("%v failed writes", n), nil
+	})
+	// Several walks failed past its 1 s retention, and it is still there.
+	if left, err := deliveriesLeft(ctx, ns); err != nil || left != 1 {
+		t.Fatalf("%d deliveries in the cluster while the archive is down (%v), want 1: nothing may be pruned", left, err)
+	}
+
+	// Back up: it is archived, then pruned.
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "caught up", func(ctx context.Context) (bool, string, error) {
+		left, err := deliveriesLeft(ctx, ns)
+		if err != nil {
+			return false, "", err
+		}
+		archived, err := archivedNames(ctx, store, ns)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return left == 0 && len(archived) == 7, fmt.Sprintf("%d in the cluster, %d archived", left, len(archived)), nil
+	})
+}

@@ -1,0 +1,278 @@
+// Package archive keeps finished deliveries in PostgreSQL, beyond what etcd keeps:
+// embedded migrations, tables partitioned by day, idempotent batched writes and
+// retention by dropping whole partitions.
+package archive
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Delivery is one finished delivery as archived.
+type Delivery struct {
+	UID             string
+	FinishedAt      time.Time
+	Namespace       string
+	Name            string
+	Endpoint        string
+	EventType       string
+	MessageID       string
+	EventUID        string // empty for a direct delivery
+	EventName       string
+	Phase           string
+	Attempts        int32
+	SignatureScheme string
+	CreatedAt       time.Time
+	History         []Attempt
+	Payload         json.RawMessage // direct deliveries only
+}
+
+// Attempt is one attempt of a delivery.
+type Attempt struct {
+	Time       time.Time `json:"time"`
+	DurationMs int64     `json:"durationMs,omitempty"`
+	StatusCode int32     `json:"statusCode,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Response   string    `json:"response,omitempty"`
+}
+
+// Payload is an event's payload, stored once.
+type Payload struct {
+	EventUID  string
+	CreatedAt time.Time
+	Namespace string
+	EventName string
+	Payload   json.RawMessage
+}
+
+// Store is an archive in PostgreSQL.
+type Store struct {
+	pool *pgxpool.Pool
+
+	dsn        string
+	mu         sync.Mutex
+	migrated   bool
+	partitions map[string]bool // partitions known to exist, by table name
+}
+
+// New returns a store for dsn without connecting: the database may be down when the
+// manager starts. The migrations are applied before the first read or write.
+func New(dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("archive: the DSN does not parse (%s)", redact(err, dsn))
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("archive: %w", redact(err, dsn))
+	}
+	return &Store{pool: pool, dsn: dsn, partitions: map[string]bool{}}, nil
+}
+
+// Open returns a store with its migrations applied.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	s, err := New(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ready(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// ready applies the migrations once.
+func (s *Store) ready(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.migrated {
+		return nil
+	}
+	if err := s.migrate(ctx); err != nil {
+		return fmt.Errorf("archive migrations: %w", redact(err, s.dsn))
+	}
+	s.migrated = true
+	return nil
+}
+
+// Close closes the connections.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// migrate applies the embedded migrations in order, each once, under an advisory lock
+// so that two managers starting together do not race.
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	slices.Sort(names)
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7311969001)`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS hookline_schema_migrations (
+			version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+		for _, name := range names {
+			version := strings.TrimSuffix(strings.TrimPrefix(name, "migrations/"), ".sql")
+			var done bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM hookline_schema_migrations WHERE version = $1)`, version).Scan(&done); err != nil {
+				return err
+			}
+			if done {
+				continue
+			}
+			sql, err := migrations.ReadFile(name)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, string(sql)); err != nil {
+				return fmt.Errorf("%s: %w", version, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO hookline_schema_migrations (version) VALUES ($1)`, version); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Write stores deliveries and payloads in one transaction. A delivery already stored
+// (same UID and completion) and a payload already stored are left as they are, so a
+// write repeated after a crash duplicates nothing.
+func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Payload) error {
+	if len(deliveries) == 0 && len(payloads) == 0 {
+		return nil
+	}
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
+	days := map[string]time.Time{}
+	for _, d := range deliveries {
+		days["hookline_deliveries"+dayOf(d.FinishedAt)] = d.FinishedAt
+	}
+	for _, p := range payloads {
+		days["hookline_payloads"+dayOf(p.CreatedAt)] = p.CreatedAt
+	}
+	for partition, t := range days {
+		if err := s.ensurePartition(ctx, partition, t); err != nil {
+			return err
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, p := range payloads {
+			b.Queue(`INSERT INTO hookline_payloads (event_uid, created_at, namespace, event_name, payload)
+				VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, p.EventUID, p.CreatedAt, p.Namespace, p.EventName, string(p.Payload))
+		}
+		for _, d := range deliveries {
+			history, err := json.Marshal(d.History)
+			if err != nil {
+				return err
+			}
+			var payload, eventUID, eventName any
+			if len(d.Payload) > 0 {
+				payload = string(d.Payload)
+			}
+			if d.EventUID != "" {
+				eventUID, eventName = d.EventUID, d.EventName
+			}
+			b.Queue(`INSERT INTO hookline_deliveries (uid, finished_at, namespace, name, endpoint, event_type, message_id,
+				event_uid, event_name, phase, attempts, signature_scheme, created_at, history, payload)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING`,
+				d.UID, d.FinishedAt, d.Namespace, d.Name, d.Endpoint, d.EventType, d.MessageID,
+				eventUID, eventName, d.Phase, d.Attempts, d.SignatureScheme, d.CreatedAt, string(history), payload)
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	return redact(err, s.dsn)
+}
+
+func dayOf(t time.Time) string { return "_" + t.UTC().Format("20060102") }
+
+// ensurePartition creates the day's partition of a table once.
+func (s *Store) ensurePartition(ctx context.Context, partition string, t time.Time) error {
+	s.mu.Lock()
+	known := s.partitions[partition]
+	s.mu.Unlock()
+	if known {
+		return nil
+	}
+	table := partition[:strings.LastIndexByte(partition, '_')]
+	from := t.UTC().Truncate(24 * time.Hour)
+	sql := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')`,
+		partition, table, from.Format(time.RFC3339), from.Add(24*time.Hour).Format(time.RFC3339))
+	if _, err := s.pool.Exec(ctx, sql); err != nil {
+		// Two writers may create it at once; it exists either way.
+		if !strings.Contains(err.Error(), "already exists") {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.partitions[partition] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// DropBefore drops the daily partitions that end at or before cutoff and returns
+// their names.
+func (s *Store) DropBefore(ctx context.Context, cutoff time.Time) ([]string, error) {
+	if err := s.ready(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i
+		JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+		WHERE p.relname IN ('hookline_deliveries', 'hookline_payloads')`)
+	if err != nil {
+		return nil, err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	for _, name := range names {
+		day, err := time.Parse("20060102", name[strings.LastIndexByte(name, '_')+1:])
+		if err != nil || day.Add(24*time.Hour).After(cutoff) {
+			continue
+		}
+		if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{name}.Sanitize()); err != nil {
+			return dropped, err
+		}
+		s.mu.Lock()
+		delete(s.partitions, name)
+		s.mu.Unlock()
+		dropped = append(dropped, name)
+	}
+	return dropped, nil
+}
+
+// redact keeps the DSN (and its password) out of an error message.
+func redact(err error, dsn string) error {
+	if err == nil {
+		return nil
+	}
+	if dsn != "" && strings.Contains(err.Error(), dsn) {
+		return errors.New(strings.ReplaceAll(err.Error(), dsn, "<dsn>"))
+	}
+	return err
+}
