@@ -24,8 +24,8 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/controllers"
-	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/admission/serving"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/version"

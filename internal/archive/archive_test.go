@@ -116,6 +116,9 @@ func TestWriteIsIdempotentAndListedNewestFirst(t *testing.T) {
 			t.Errorf("%+v: got %d rows, want only %s", c.f, len(got), c.want)
 		}
 	}
+	if rows, bytes, err := s.Size(ctx); err != nil || rows < 3 || bytes <= 0 {
+		t.Fatalf("size: %d rows, %d bytes (%v)", rows, bytes, err)
+	}
 	if other, err := s.List(ctx, Filter{Namespace: "elsewhere"}); err != nil || len(other) != 0 {
 		t.Fatalf("another namespace sees %d rows (%v)", len(other), err)
 	}

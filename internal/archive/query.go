@@ -11,6 +11,7 @@ import (
 // Filter selects archived deliveries of one namespace.
 type Filter struct {
 	Namespace string
+	Name      string // one delivery: each of its archived completions
 	Endpoint  string
 	EventType string
 	Phase     string
@@ -34,6 +35,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Delivery, error) {
 		d.history, coalesce(d.payload, p.payload)
 		FROM hookline_deliveries d LEFT JOIN hookline_payloads p ON p.event_uid = d.event_uid
 		WHERE d.namespace = @namespace
+		AND (@name = '' OR d.name = @name)
 		AND (@endpoint = '' OR d.endpoint = @endpoint)
 		AND (@event_type = '' OR d.event_type = @event_type)
 		AND (@phase = '' OR d.phase = @phase)
@@ -41,7 +43,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Delivery, error) {
 		AND (@since::timestamptz IS NULL OR d.finished_at >= @since)
 		AND (@before::timestamptz IS NULL OR d.finished_at < @before)
 		ORDER BY d.finished_at DESC, d.uid LIMIT @limit`
-	args := pgx.NamedArgs{"namespace": f.Namespace, "endpoint": f.Endpoint, "event_type": f.EventType, "phase": f.Phase,
+	args := pgx.NamedArgs{"namespace": f.Namespace, "name": f.Name, "endpoint": f.Endpoint, "event_type": f.EventType, "phase": f.Phase,
 		"message_id": f.MessageID, "since": nullTime(f.Since), "before": nullTime(f.Before), "limit": f.Limit}
 	rows, err := s.pool.Query(ctx, sql, args)
 	if err != nil {
@@ -65,4 +67,16 @@ func nullTime(t time.Time) any {
 		return nil
 	}
 	return t
+}
+
+// Size is what the archive holds: its delivery rows, and the bytes of both tables with
+// their indexes and TOAST, as PostgreSQL counts them.
+func (s *Store) Size(ctx context.Context) (rows, bytes int64, err error) {
+	if err := s.ready(ctx); err != nil {
+		return 0, 0, err
+	}
+	err = s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM hookline_deliveries),
+		coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+			WHERE p.relname IN ('hookline_deliveries', 'hookline_payloads')), 0)::bigint`).Scan(&rows, &bytes)
+	return rows, bytes, err
 }

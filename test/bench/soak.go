@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -47,7 +50,11 @@ type soakResult struct {
 	DBInUseEndBytes     float64            `json:"dbInUseEndBytes"`
 	DBCompactedEndBytes float64            `json:"dbInUseAfterCompactionAtEndBytes"`
 	Pruned              map[string]float64 `json:"pruned"`
-	PeakRSSMiB          float64            `json:"peakRSSMiB"`
+	// The archive (PostgreSQL) every pruned delivery went to first.
+	ArchivedRows       int64   `json:"archivedRows"`
+	ArchivedPerSec     float64 `json:"archivedRowsPerSec"`
+	ArchiveBytesPerRow float64 `json:"archiveBytesPerDelivery"`
+	PeakRSSMiB         float64 `json:"peakRSSMiB"`
 	// Samples are (seconds, estimate, etcd values) every few seconds: the curve.
 	Samples [][3]float64 `json:"samples"`
 }
@@ -95,7 +102,18 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 		return err
 	}
 	// The budget, not the counts, is what binds here.
-	mgr, err := startManager(kubeconfig, work, []string{ns}, append(noHistoryCounts, "--max-etcd-bytes="+*soakBudget)...)
+	// Every pruned delivery goes to an archive first, as with the archive option on.
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = pg.Remove() }()
+	dsnFile := filepath.Join(work, "archive-dsn")
+	if err := os.WriteFile(dsnFile, []byte(pg.DSN), 0o600); err != nil {
+		return err
+	}
+	mgr, err := startManager(kubeconfig, work, []string{ns}, append(noHistoryCounts, "--max-etcd-bytes="+*soakBudget,
+		"--archive-postgres-dsn-file="+dsnFile)...)
 	if err != nil {
 		return err
 	}
@@ -214,6 +232,19 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 		}
 	}
 	out.PeakRSSMiB = mgr.peakRSSMiB()
+	store, err := archive.Open(ctx, pg.DSN)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	rows, bytes, err := store.Size(ctx)
+	if err != nil {
+		return err
+	}
+	out.ArchivedRows, out.ArchivedPerSec = rows, float64(rows)/out.Seconds
+	if rows > 0 {
+		out.ArchiveBytesPerRow = float64(bytes) / float64(rows)
+	}
 	if out.DBInUseEndBytes, _, err = etcd.dbSize(ctx); err != nil {
 		return err
 	}
@@ -236,6 +267,13 @@ func judgeSoak(rep *report, met func(bool) string) {
 	rep.Targets["soak: retained bytes (estimate and etcd values) <= budget"] = fmt.Sprintf("%s (estimate max %.1f MiB, etcd values max %.1f MiB, budget %.1f MiB)",
 		met(s.MaxRetainedBytes <= float64(s.BudgetBytes) && s.MaxValueBytes <= int(s.BudgetBytes)),
 		s.MaxRetainedBytes/(1<<20), float64(s.MaxValueBytes)/(1<<20), float64(s.BudgetBytes)/(1<<20))
+	pruned := 0.0
+	for k, v := range s.Pruned {
+		if strings.Contains(k, "WebhookDelivery") {
+			pruned += v
+		}
+	}
+	rep.Targets["soak: every pruned delivery archived first"] = fmt.Sprintf("%s (%d archived, %.0f pruned)", met(float64(s.ArchivedRows) >= pruned), s.ArchivedRows, pruned)
 	rep.Targets["soak: every message delivered"] = fmt.Sprintf("%s (%d of %d)", met(int64(s.Delivered) >= s.Created), s.Delivered, s.Created)
 }
 
@@ -249,4 +287,6 @@ func printSoak(rep *report) {
 		s.Seconds, s.RatePerSec, s.Delivered, float64(s.BudgetBytes)/(1<<20), s.MaxRetainedBytes/(1<<20), float64(s.MaxValueBytes)/(1<<20),
 		float64(s.LastValueBytes)/(1<<20), s.MaxHeldEvents, s.DBInUseStartBytes/(1<<20), s.DBInUseMaxBytes/(1<<20), s.DBInUseEndBytes/(1<<20),
 		s.DBCompactedEndBytes/(1<<20), s.Pruned, s.PeakRSSMiB)
+	fmt.Printf("soak archive: %d deliveries archived before they were pruned, %.0f rows/s; %.0f bytes per archived delivery in PostgreSQL (tables, indexes, TOAST)\n",
+		s.ArchivedRows, s.ArchivedPerSec, s.ArchiveBytesPerRow)
 }

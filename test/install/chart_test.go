@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -91,5 +92,40 @@ func TestHelmChartRendersTheSameInstall(t *testing.T) {
 	}
 	if !found || !secretBinding {
 		t.Errorf("manager ClusterRole rendered %v, Secret writes granted in tenant-x %v", found, secretBinding)
+	}
+}
+
+// The archive is off by default; its kustomize component and the chart's value turn it
+// on the same way: the DSN file from a Secret of the user's, and the retention.
+func TestArchiveIsOptionalAndWiredAlike(t *testing.T) {
+	for name, pod := range map[string]func() []*unstructured.Unstructured{
+		"config/default": func() []*unstructured.Unstructured { return render(t) },
+		"chart defaults": func() []*unstructured.Unstructured { return helmTemplate(t) },
+	} {
+		args := convert[appsv1.Deployment](t, byKind(pod(), "Deployment")[0]).Spec.Template.Spec.Containers[0].Args
+		for _, a := range args {
+			if len(a) > 10 && a[:10] == "--archive-" {
+				t.Errorf("%s: the archive is on by default (%s)", name, a)
+			}
+		}
+	}
+	kust := convert[appsv1.Deployment](t, byKind(renderDir(t, "overlays/with-archive"), "Deployment")[0]).Spec.Template.Spec
+	chart := convert[appsv1.Deployment](t, byKind(helmTemplate(t, "--set", "archive.enable=true", "--set", "archive.dsnSecretName=hookline-archive"), "Deployment")[0]).Spec.Template.Spec
+	for name, pod := range map[string]corev1.PodSpec{"with-archive overlay": kust, "chart with archive.enable": chart} {
+		c := pod.Containers[0]
+		if !contains(c.Args, "--archive-postgres-dsn-file=/etc/hookline/archive/dsn") || !contains(c.Args, "--archive-retention=720h") {
+			t.Errorf("%s: args %v", name, c.Args)
+		}
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			mounted = mounted || (m.MountPath == "/etc/hookline/archive" && m.ReadOnly)
+		}
+		secret := false
+		for _, v := range pod.Volumes {
+			secret = secret || (v.Secret != nil && v.Secret.SecretName == "hookline-archive")
+		}
+		if !mounted || !secret {
+			t.Errorf("%s: the Secret hookline-archive is not mounted read-only at /etc/hookline/archive: %+v %+v", name, c.VolumeMounts, pod.Volumes)
+		}
 	}
 }

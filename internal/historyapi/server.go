@@ -1,0 +1,189 @@
+// Package historyapi serves the delivery archive read-only over HTTP, to callers the
+// cluster itself vouches for: the bearer token is checked with a TokenReview and the
+// namespace asked for with a SubjectAccessReview for "list webhookdeliveries", as the
+// API server would check a kubectl get.
+package historyapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hookline/hookline/internal/archive"
+)
+
+// Reader is the archive's read side.
+type Reader interface {
+	List(ctx context.Context, f archive.Filter) ([]archive.Delivery, error)
+}
+
+// User is who a token belongs to.
+type User struct {
+	Name   string
+	UID    string
+	Groups []string
+	Extra  map[string][]string
+}
+
+// Auth answers who a token is, and whether that user may list deliveries in a
+// namespace (with the reason when not).
+type Auth interface {
+	Authenticate(ctx context.Context, token string) (User, bool, error)
+	MayList(ctx context.Context, u User, namespace string) (bool, string, error)
+}
+
+// TokenHeader carries the caller's token when Authorization cannot: the API server's
+// service proxy consumes the Authorization header of the request it proxies.
+const TokenHeader = "X-Hookline-Authorization"
+
+// Page is one page of a listing, newest first.
+type Page struct {
+	Items []archive.Delivery `json:"items"`
+	// Continue, when set, is passed back as ?continue= for the next page.
+	Continue string `json:"continue,omitempty"`
+}
+
+// Handler serves GET /v1/namespaces/{namespace}/deliveries[/{name}].
+type Handler struct {
+	Archive Reader
+	Auth    Auth
+}
+
+const maxLimit = 500
+
+func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		fail(w, http.StatusMethodNotAllowed, "only GET is served")
+		return
+	}
+	ns, name, ok := parsePath(r.URL.Path)
+	if !ok {
+		fail(w, http.StatusNotFound, "not found: the paths are /v1/namespaces/<namespace>/deliveries and /v1/namespaces/<namespace>/deliveries/<name>")
+		return
+	}
+	token := bearer(r.Header.Get(TokenHeader))
+	if token == "" {
+		token = bearer(r.Header.Get("Authorization"))
+	}
+	if token == "" {
+		fail(w, http.StatusUnauthorized, "no bearer token: the archive answers only callers the cluster authenticates")
+		return
+	}
+	user, ok, err := h.Auth.Authenticate(r.Context(), token)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, "the token could not be reviewed: "+err.Error())
+		return
+	}
+	if !ok {
+		fail(w, http.StatusUnauthorized, "the token is not valid in this cluster")
+		return
+	}
+	allowed, reason, err := h.Auth.MayList(r.Context(), user, ns)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, "the access could not be reviewed: "+err.Error())
+		return
+	}
+	if !allowed {
+		msg := fmt.Sprintf("%s may not list webhookdeliveries.hookline.dev in namespace %q, so may not read its history", user.Name, ns)
+		if reason != "" {
+			msg += ": " + reason
+		}
+		fail(w, http.StatusForbidden, msg)
+		return
+	}
+	f, err := filter(r, ns, name)
+	if err != nil {
+		fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	items, err := h.Archive.List(r.Context(), f)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, "the archive is not available; try again later")
+		return
+	}
+	page := Page{Items: items}
+	if page.Items == nil {
+		page.Items = []archive.Delivery{}
+	}
+	if name == "" && len(items) == f.Limit {
+		page.Continue = items[len(items)-1].FinishedAt.UTC().Format(time.RFC3339Nano)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(page)
+}
+
+// parsePath splits /v1/namespaces/{ns}/deliveries[/{name}].
+func parsePath(p string) (ns, name string, ok bool) {
+	parts := strings.Split(strings.Trim(p, "/"), "/")
+	if len(parts) < 4 || len(parts) > 5 || parts[0] != "v1" || parts[1] != "namespaces" || parts[3] != "deliveries" || parts[2] == "" {
+		return "", "", false
+	}
+	if len(parts) == 5 {
+		name = parts[4]
+	}
+	return parts[2], name, true
+}
+
+func bearer(h string) string {
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// filter reads the query: endpoint, eventType, phase, messageId, since (a duration
+// like 7d or 36h, or an RFC 3339 time), limit, continue.
+func filter(r *http.Request, ns, name string) (archive.Filter, error) {
+	q := r.URL.Query()
+	f := archive.Filter{Namespace: ns, Name: name, Endpoint: q.Get("endpoint"), EventType: q.Get("eventType"),
+		Phase: q.Get("phase"), MessageID: q.Get("messageId"), Limit: 100}
+	if s := q.Get("since"); s != "" {
+		since, err := ParseSince(s, time.Now())
+		if err != nil {
+			return f, err
+		}
+		f.Since = since
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxLimit {
+			return f, fmt.Errorf("limit %q: want 1 to %d", s, maxLimit)
+		}
+		f.Limit = n
+	}
+	if s := q.Get("continue"); s != "" {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return f, errors.New("continue: pass back the value of the previous page")
+		}
+		f.Before = t
+	}
+	return f, nil
+}
+
+// ParseSince reads "7d", "36h", "90m" as that long before now, or an RFC 3339 time.
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
+			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("since %q: want a duration like 7d or 36h, or an RFC 3339 time", s)
+}
+
+func fail(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": code, "message": msg})
+}

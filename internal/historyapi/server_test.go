@@ -1,0 +1,171 @@
+package historyapi
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/testenv"
+)
+
+var (
+	clientset *kubernetes.Clientset
+	store     *archive.Store
+)
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	env, err := testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = pg.Remove() }()
+	if clientset, err = kubernetes.NewForConfig(env.Config); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if store, err = archive.Open(context.Background(), pg.DSN); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer store.Close()
+	return m.Run()
+}
+
+// serviceAccountToken makes a service account in ns, allowed to list deliveries there
+// if reader, and returns a token of it.
+func serviceAccountToken(t *testing.T, ns, name string, reader bool) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	if _, err := clientset.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if reader {
+		role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"get", "list"}}}}
+		if _, err := clientset.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}
+		if _, err := clientset.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, err := clientset.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Status.Token
+}
+
+func archived(ns string, i int, finished time.Time) archive.Delivery {
+	return archive.Delivery{UID: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), FinishedAt: finished, Namespace: ns,
+		Name: fmt.Sprintf("order-%d-acme", i), Endpoint: "acme", EventType: "order.created", MessageID: fmt.Sprintf("msg_%d", i),
+		Phase: "Succeeded", Attempts: 1, SignatureScheme: "StandardWebhooks", CreatedAt: finished.Add(-time.Second),
+		History: []archive.Attempt{{Time: finished, StatusCode: 200, Response: "ok"}}, Payload: []byte(`{"order":1}`)}
+}
+
+func get(t *testing.T, url, header, token string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set(header, "Bearer "+token)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body
+}
+
+// The cluster decides who reads what: a token of a user who may list deliveries in
+// a namespace reads that namespace's history, and only it; anyone else is refused.
+func TestHistoryIsAuthorisedByTheCluster(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	if err := store.Write(ctx, []archive.Delivery{archived("shop", 1, now.Add(-time.Minute)), archived("shop", 2, now), archived("bank", 3, now)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	reader := serviceAccountToken(t, "shop", "support", true)
+	stranger := serviceAccountToken(t, "shop", "stranger", false)
+	listening := make(chan string, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv := &Server{Addr: "127.0.0.1:0", Handler: Handler{Archive: store, Auth: KubeAuth{Client: clientset}}, Listening: listening}
+	go func() { _ = srv.Start(ctx) }()
+	base := "https://" + <-listening
+
+	code, body := get(t, base+"/v1/namespaces/shop/deliveries", "Authorization", reader)
+	var page Page
+	if err := json.Unmarshal(body, &page); code != http.StatusOK || err != nil {
+		t.Fatalf("reader: %d %s", code, body)
+	}
+	if len(page.Items) != 2 || page.Items[0].Name != "order-2-acme" || page.Items[1].Name != "order-1-acme" {
+		t.Fatalf("reader got %+v, want shop's two deliveries, newest first", page.Items)
+	}
+	// Through the API server's service proxy the token comes in its own header.
+	code, body = get(t, base+"/v1/namespaces/shop/deliveries/order-1-acme", TokenHeader, reader)
+	if err := json.Unmarshal(body, &page); code != http.StatusOK || err != nil || len(page.Items) != 1 || page.Items[0].History[0].Response != "ok" {
+		t.Fatalf("show: %d %s", code, body)
+	}
+	code, body = get(t, base+"/v1/namespaces/shop/deliveries?limit=1", "Authorization", reader)
+	if err := json.Unmarshal(body, &page); code != http.StatusOK || err != nil || len(page.Items) != 1 || page.Continue == "" {
+		t.Fatalf("first page: %d %s", code, body)
+	}
+	code, body = get(t, base+"/v1/namespaces/shop/deliveries?limit=1&continue="+page.Continue, "Authorization", reader)
+	if err := json.Unmarshal(body, &page); code != http.StatusOK || err != nil || len(page.Items) != 1 || page.Items[0].Name != "order-1-acme" {
+		t.Fatalf("second page: %d %s", code, body)
+	}
+
+	for _, c := range []struct {
+		what, path, token string
+		code              int
+		says              string
+	}{
+		{"another namespace", "/v1/namespaces/bank/deliveries", reader, http.StatusForbidden, `may not list webhookdeliveries.hookline.dev in namespace "bank"`},
+		{"no permission", "/v1/namespaces/shop/deliveries", stranger, http.StatusForbidden, "system:serviceaccount:shop:stranger may not list"},
+		{"no token", "/v1/namespaces/shop/deliveries", "", http.StatusUnauthorized, "no bearer token"},
+		{"a token the cluster does not know", "/v1/namespaces/shop/deliveries", "not-a-token", http.StatusUnauthorized, "not valid"},
+		{"a bad query", "/v1/namespaces/shop/deliveries?since=yesterday", reader, http.StatusBadRequest, "since"},
+	} {
+		code, body := get(t, base+c.path, "Authorization", c.token)
+		var refusal struct{ Message string }
+		_ = json.Unmarshal(body, &refusal)
+		if code != c.code || !strings.Contains(refusal.Message, c.says) {
+			t.Errorf("%s: %d %s; want %d saying %q", c.what, code, body, c.code, c.says)
+		}
+		if strings.Contains(string(body), "order-3") {
+			t.Errorf("%s: another namespace's delivery leaked: %s", c.what, body)
+		}
+	}
+}
