@@ -13,6 +13,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,6 +27,7 @@ import (
 	"github.com/hookline/hookline/controllers"
 	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/historyapi"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/version"
@@ -47,6 +49,7 @@ type options struct {
 	maxEtcdBytes               string
 	archiveDSNFile             string
 	archiveRetention           time.Duration
+	historyAddr                string
 	kubeAPIQPS                 float64
 	kubeAPIBurst               int
 	showVersion                bool
@@ -79,6 +82,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "64Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
 	fs.StringVar(&o.archiveDSNFile, "archive-postgres-dsn-file", "", "file holding a PostgreSQL DSN (a mounted Secret): finished deliveries are archived there before they are pruned, and nothing is pruned that could not be archived (default: no archive)")
 	fs.DurationVar(&o.archiveRetention, "archive-retention", 30*24*time.Hour, "how long the archive keeps deliveries; whole days are dropped")
+	fs.StringVar(&o.historyAddr, "history-bind-address", ":8444", "address of the archive's read-only history API (HTTPS; with an archive only; \"0\" disables it)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
@@ -125,7 +129,7 @@ func (o *options) etcdBudget() (int64, error) {
 
 // archive opens the archive named by --archive-postgres-dsn-file; nil without one.
 // The database may be down: the store connects, and migrates, on its first write.
-func (o *options) archive() (controllers.Archiver, error) {
+func (o *options) archive() (*archive.Store, error) {
 	if o.archiveDSNFile == "" {
 		return nil, nil
 	}
@@ -222,9 +226,23 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	archiver, err := o.archive()
+	store, err := o.archive()
 	if err != nil {
 		return err
+	}
+	var archiver controllers.Archiver
+	if store != nil {
+		archiver = store
+		if o.historyAddr != "0" {
+			clientset, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				return err
+			}
+			if err := mgr.Add(&historyapi.Server{Addr: o.historyAddr,
+				Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{Client: clientset}}}); err != nil {
+				return err
+			}
+		}
 	}
 	if err := controllers.Setup(ctx, mgr, controllers.Config{
 		AllowInsecureHTTP: o.allowInsecureHTTP,

@@ -72,7 +72,8 @@ func (a *app) rootCommand() *cobra.Command {
 	a.kube = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(loading, overrides)
 
 	root.AddCommand(a.ensureCommand(), a.annotationCommand("rotate"), a.annotationCommand("enable"),
-		a.annotationCommand("test"), a.deliveriesCommand(), a.retryCommand(), a.publishCommand(), a.verifyCommand())
+		a.annotationCommand("test"), a.deliveriesCommand(), a.retryCommand(), a.publishCommand(), a.verifyCommand(),
+		a.historyCommand())
 	return root
 }
 

@@ -12,10 +12,7 @@ import (
 	"testing"
 	"time"
 
-	authnv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hookline/hookline/internal/archive"
@@ -23,6 +20,7 @@ import (
 )
 
 var (
+	env       *testenv.Env
 	clientset *kubernetes.Clientset
 	store     *archive.Store
 )
@@ -30,7 +28,8 @@ var (
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	env, err := testenv.Start()
+	var err error
+	env, err = testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -54,35 +53,16 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// serviceAccountToken makes a service account in ns, allowed to list deliveries there
-// if reader, and returns a token of it.
-func serviceAccountToken(t *testing.T, ns, name string, reader bool) string {
+// listDeliveries is the permission the history asks for.
+var listDeliveries = rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"get", "list"}}
+
+func token(t *testing.T, ns, name string, rules ...rbacv1.PolicyRule) string {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-		t.Fatal(err)
-	}
-	if _, err := clientset.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if reader {
-		role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"get", "list"}}}}
-		if _, err := clientset.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}
-		if _, err := clientset.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tok, err := clientset.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	tok, err := env.ServiceAccountToken(context.Background(), ns, name, rules...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tok.Status.Token
+	return tok
 }
 
 func archived(ns string, i int, finished time.Time) archive.Delivery {
@@ -116,8 +96,8 @@ func TestHistoryIsAuthorisedByTheCluster(t *testing.T) {
 	if err := store.Write(ctx, []archive.Delivery{archived("shop", 1, now.Add(-time.Minute)), archived("shop", 2, now), archived("bank", 3, now)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	reader := serviceAccountToken(t, "shop", "support", true)
-	stranger := serviceAccountToken(t, "shop", "stranger", false)
+	reader := token(t, "shop", "support", listDeliveries)
+	stranger := token(t, "shop", "stranger")
 	listening := make(chan string, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/historyapi"
+	"github.com/hookline/hookline/internal/testenv"
+)
+
+// `kubectl hookline history` as two users of the same namespace: one who may list
+// its deliveries reads the archive's history and one delivery's attempts; the other
+// is refused with the reason; no other namespace's delivery shows.
+func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Remove() })
+	store, err := archive.Open(ctx, pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	ns, other := newNamespace(t), newNamespace(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	n := 0
+	delivered := func(ns, name, phase string, at time.Time, codes ...int32) archive.Delivery {
+		n++
+		d := archive.Delivery{UID: fmt.Sprintf("00000000-0000-4000-8000-%012d", n), FinishedAt: at, Namespace: ns, Name: name, Endpoint: "acme", EventType: "order.created",
+			MessageID: "msg_" + name, Phase: phase, Attempts: int32(len(codes)), SignatureScheme: "StandardWebhooks", CreatedAt: at.Add(-time.Minute)}
+		for i, c := range codes {
+			d.History = append(d.History, archive.Attempt{Time: at.Add(time.Duration(i-len(codes)) * time.Second), StatusCode: c, Response: "answer " + string(rune('a'+i))})
+		}
+		return d
+	}
+	if err := store.Write(ctx, []archive.Delivery{
+		delivered(ns, "order-1", "Succeeded", now.Add(-time.Hour), 503, 200),
+		delivered(ns, "order-2", "Exhausted", now.Add(-time.Minute), 500, 500, 500),
+		delivered(other, "order-9", "Succeeded", now, 200),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	clientset, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan string, 1)
+	srv := &historyapi.Server{Addr: "127.0.0.1:0", Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{Client: clientset}}, Listening: listening}
+	go func() { _ = srv.Start(ctx) }()
+	url := "https://" + <-listening
+
+	dir := t.TempDir()
+	kubeconfig := func(name string, rules ...rbacv1.PolicyRule) string {
+		tok, err := env.ServiceAccountToken(ctx, ns, name, rules...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path, err := env.TokenKubeconfig(dir, name, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	support := kubeconfig("support", rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"list"}})
+	stranger := kubeconfig("stranger")
+	direct := []string{"--history-url", url, "--history-insecure-skip-tls-verify"}
+
+	r := plugin(support, ns, "", append([]string{"history"}, direct...)...).ok(t)
+	lines := strings.Split(strings.TrimSpace(r.out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "order-2") || !strings.HasPrefix(lines[2], "order-1") || strings.Contains(r.out, "order-9") {
+		t.Fatalf("history:\n%s", r.out)
+	}
+	r = plugin(support, ns, "", append([]string{"history", "--phase", "Exhausted", "-o", "json"}, direct...)...).ok(t)
+	var page historyapi.Page
+	if err := json.Unmarshal([]byte(r.out), &page); err != nil || len(page.Items) != 1 || page.Items[0].Name != "order-2" {
+		t.Fatalf("history --phase Exhausted -o json: %v\n%s", err, r.out)
+	}
+	r = plugin(support, ns, "", append([]string{"history", "show", "order-1"}, direct...)...).ok(t)
+	if !strings.Contains(r.out, "ATTEMPTS") || !strings.Contains(r.out, "answer a") || !strings.Contains(r.out, "msg_order-1") {
+		t.Fatalf("history show:\n%s", r.out)
+	}
+
+	r = plugin(stranger, ns, "", append([]string{"history"}, direct...)...)
+	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not list webhookdeliveries.hookline.dev in namespace") {
+		t.Fatalf("a user without list webhookdeliveries: exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	r = plugin(support, other, "", append([]string{"history"}, direct...)...)
+	if r.code != 1 || !strings.Contains(r.err, "(403)") || strings.Contains(r.out, "order-9") {
+		t.Fatalf("another namespace: exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	// A certificate user (the admin here) has no token to pass on: a clear refusal.
+	r = plugin(adminKube, ns, "", append([]string{"history"}, direct...)...)
+	if r.code != 1 || !strings.Contains(r.err, "needs a bearer token") {
+		t.Fatalf("a certificate user: exit %d\n%s", r.code, r.err)
+	}
+}
