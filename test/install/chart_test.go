@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -126,6 +127,39 @@ func TestArchiveIsOptionalAndWiredAlike(t *testing.T) {
 		}
 		if !mounted || !secret {
 			t.Errorf("%s: the Secret hookline-archive is not mounted read-only at /etc/hookline/archive: %+v %+v", name, c.VolumeMounts, pod.Volumes)
+		}
+		history := false
+		for _, p := range c.Ports {
+			history = history || (p.Name == "history" && p.ContainerPort == 8444)
+		}
+		if !history {
+			t.Errorf("%s: no history port: %+v", name, c.Ports)
+		}
+	}
+	// The history Service and the proxy Role come with the archive only, and are valid.
+	ensureNamespace(t, installNamespace)
+	for name, objs := range map[string][]*unstructured.Unstructured{
+		"with-archive overlay":      renderDir(t, "overlays/with-archive"),
+		"chart with archive.enable": helmTemplate(t, "--set", "archive.enable=true", "--set", "archive.dsnSecretName=hookline-archive"),
+	} {
+		var extra []*unstructured.Unstructured
+		for _, o := range objs {
+			if strings.Contains(o.GetName(), "history") {
+				extra = append(extra, o)
+			}
+		}
+		if len(extra) != 3 {
+			t.Errorf("%s: %d history objects, want a Service, a Role and a RoleBinding", name, len(extra))
+		}
+		for _, o := range extra {
+			if err := env.Client.Patch(context.Background(), o.DeepCopy(), client.Apply, client.FieldOwner("archive-test"), client.DryRunAll, client.ForceOwnership); err != nil {
+				t.Errorf("%s: %s %s: %v", name, o.GetKind(), o.GetName(), err)
+			}
+		}
+	}
+	for _, o := range append(render(t), helmTemplate(t)...) {
+		if strings.Contains(o.GetName(), "history") {
+			t.Errorf("%s %s is installed without the archive", o.GetKind(), o.GetName())
 		}
 	}
 }
