@@ -2,7 +2,9 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,5 +115,91 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 			return false, err.Error(), nil
 		}
 		return left == 0 && len(archived) == 7, fmt.Sprintf("%d in the cluster, %d archived", left, len(archived)), nil
+	})
+}
+
+// crashAfterWrite is an archive whose manager dies right after its first write: the
+// rows are in the database, the deletes never happen.
+type crashAfterWrite struct {
+	*archive.Store
+	once  sync.Once
+	crash func()
+}
+
+func (c *crashAfterWrite) Write(ctx context.Context, ds []archive.Delivery, ps []archive.Payload) error {
+	if err := c.Store.Write(ctx, ds, ps); err != nil {
+		return err
+	}
+	c.once.Do(c.crash)
+	return errors.New("the manager died after writing")
+}
+
+// A manager that dies between the archive write and the deletes loses nothing and
+// duplicates nothing: the next one writes the same rows again (idempotent by UID and
+// completion) and deletes them.
+func TestArchiveSurvivesACrashBetweenWriteAndDelete(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Remove() })
+	store, err := archive.New(pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	ns := "own-11"
+	conf := testConfig()
+	conf.Retention = Retention{Succeeded: time.Hour, Failed: time.Hour, Interval: 200 * time.Millisecond}
+	stopFirst := ownNamespace(t, ns, conf)
+	recv := newReceiver(t)
+	createAll(ctx, t, newEndpoint(ns, "acme", recv.URL+"/", "*"))
+	waitReady(t, ns, "acme", hooklinev1.ReasonActive)
+	const messages = 20
+	for i := range messages {
+		createAll(ctx, t, newEvent(ns, fmt.Sprintf("order-%d", i), "order.created", fmt.Sprintf(`{"order":%d}`, i)))
+	}
+	for i := range messages {
+		waitEvent(t, ns, fmt.Sprintf("order-%d", i), 20*time.Second, "complete", func(e *hooklinev1.WebhookEvent) bool { return e.Status.CompletionTime != nil })
+	}
+	stopFirst()
+
+	// Retention now 1 s, so everything is due: the manager archives, then dies.
+	conf.Retention.Succeeded = time.Second
+	crashed := make(chan struct{})
+	dying := &crashAfterWrite{Store: store, crash: func() { close(crashed) }}
+	conf.Archive = dying
+	stopDying, err := startManager(ctx, restConfig, conf, namespaceOnly(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-crashed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the archive was never written")
+	}
+	stopDying()
+	if left, err := deliveriesLeft(ctx, ns); err != nil || left != messages {
+		t.Fatalf("%d deliveries in the cluster after the crash (%v), want all %d", left, err, messages)
+	}
+
+	conf.Archive = store
+	stopNext, err := startManager(ctx, restConfig, conf, namespaceOnly(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopNext)
+	eventually(t, 20*time.Second, "archived once each, then pruned", func(ctx context.Context) (bool, string, error) {
+		left, err := deliveriesLeft(ctx, ns)
+		if err != nil {
+			return false, "", err
+		}
+		rows, err := store.List(ctx, archive.Filter{Namespace: ns, Limit: 500})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return left == 0 && len(rows) == messages, fmt.Sprintf("%d in the cluster, %d rows", left, len(rows)), nil
 	})
 }
