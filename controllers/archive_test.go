@@ -16,6 +16,23 @@ import (
 	"github.com/hookline/hookline/internal/testenv"
 )
 
+// startArchive starts a PostgreSQL server for the test and returns it with an archive
+// store on it; both go when the test ends.
+func startArchive(t *testing.T) (*testenv.Postgres, *archive.Store) {
+	t.Helper()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Remove() })
+	store, err := archive.New(pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	return pg, store
+}
+
 // archivedNames lists the names of ns's archived deliveries.
 func archivedNames(ctx context.Context, store *archive.Store, ns string) (map[string]archive.Delivery, error) {
 	list, err := store.List(ctx, archive.Filter{Namespace: ns, Limit: 1000})
@@ -41,16 +58,7 @@ func deliveriesLeft(ctx context.Context, ns string) (int, error) {
 func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pg, err := testenv.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pg.Remove() })
-	store, err := archive.New(pg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
+	pg, store := startArchive(t)
 	conf := testConfig()
 	conf.Retention = Retention{Succeeded: time.Second, Failed: time.Second, Interval: 200 * time.Millisecond}
 	conf.Archive = store
@@ -140,16 +148,7 @@ func (c *crashAfterWrite) Write(ctx context.Context, ds []archive.Delivery, ps [
 func TestArchiveSurvivesACrashBetweenWriteAndDelete(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pg, err := testenv.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pg.Remove() })
-	store, err := archive.New(pg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
+	_, store := startArchive(t)
 	ns := "own-11"
 	conf := testConfig()
 	conf.Retention = Retention{Succeeded: time.Hour, Failed: time.Hour, Interval: 200 * time.Millisecond}

@@ -126,7 +126,12 @@ func (a *app) print(obj runtime.Object) error {
 	if gvks, _, err := a.client.Scheme().ObjectKinds(obj); err == nil && len(gvks) > 0 {
 		obj.GetObjectKind().SetGroupVersionKind(gvks[0])
 	}
-	raw, err := json.MarshalIndent(obj, "", "    ")
+	return a.emit(obj)
+}
+
+// emit writes any value as -o json or -o yaml asked.
+func (a *app) emit(v any) error {
+	raw, err := json.MarshalIndent(v, "", "    ")
 	if err != nil {
 		return err
 	}

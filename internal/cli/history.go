@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
 
 	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/historyapi"
@@ -173,19 +172,8 @@ func (a *app) fetchHistory(q historyQuery, path string, params url.Values) (*his
 }
 
 func (a *app) printHistory(page *historyapi.Page, attempts bool) error {
-	switch a.output {
-	case "json", "yaml":
-		raw, err := json.MarshalIndent(page, "", "    ")
-		if err != nil {
-			return err
-		}
-		if a.output == "yaml" {
-			if raw, err = yaml.JSONToYAML(raw); err != nil {
-				return err
-			}
-		}
-		_, err = fmt.Fprintln(a.out, string(raw))
-		return err
+	if a.output == "json" || a.output == "yaml" {
+		return a.emit(page)
 	}
 	if len(page.Items) == 0 {
 		fmt.Fprintf(a.err, "No archived deliveries found in %s namespace.\n", a.ns)
