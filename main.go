@@ -13,8 +13,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -27,8 +27,8 @@ import (
 	"github.com/hookline/hookline/controllers"
 	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/archive"
-	"github.com/hookline/hookline/internal/historyapi"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/historyapi"
 	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/version"
 )

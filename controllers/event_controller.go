@@ -37,6 +37,9 @@ import (
 // endpoint of its namespace, then keeps the event's delivery counts.
 type EventReconciler struct {
 	client.Client
+	// APIReader reads past the cache when the cache shows no receiver: "no endpoint"
+	// is final for an event, and an endpoint may have turned Ready a moment ago.
+	APIReader client.Reader
 	Recorder eventRecorder
 	Clock    clock.PassiveClock
 	// Gate admits a fan-out while the etcd byte budget has room for it.
@@ -177,8 +180,16 @@ func (r *EventReconciler) receivers(ctx context.Context, ev *hooklinev1.WebhookE
 		}
 		selector = s
 	}
+	out, err := receiving(ctx, r.Client, ev, selector)
+	if len(out) == 0 && err == nil && r.APIReader != nil {
+		return receiving(ctx, r.APIReader, ev, selector)
+	}
+	return out, err
+}
+
+func receiving(ctx context.Context, reader client.Reader, ev *hooklinev1.WebhookEvent, selector labels.Selector) ([]*hooklinev1.WebhookEndpoint, error) {
 	var endpoints hooklinev1.WebhookEndpointList
-	if err := r.List(ctx, &endpoints, client.InNamespace(ev.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := reader.List(ctx, &endpoints, client.InNamespace(ev.Namespace), client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, err
 	}
 	var out []*hooklinev1.WebhookEndpoint

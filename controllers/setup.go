@@ -77,7 +77,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
 	gate := retention.NewGate(cfg.Retention.MaxBytes)
-	events := &EventReconciler{Client: mgr.GetClient(), Recorder: recorder, Clock: clk, Gate: gate,
+	events := &EventReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Clock: clk, Gate: gate,
 		MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2), wakeups: make(chan event.GenericEvent, 1024)}
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
