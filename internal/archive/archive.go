@@ -24,21 +24,21 @@ var migrations embed.FS
 
 // Delivery is one finished delivery as archived.
 type Delivery struct {
-	UID             string
-	FinishedAt      time.Time
-	Namespace       string
-	Name            string
-	Endpoint        string
-	EventType       string
-	MessageID       string
-	EventUID        string // empty for a direct delivery
-	EventName       string
-	Phase           string
-	Attempts        int32
-	SignatureScheme string
-	CreatedAt       time.Time
-	History         []Attempt
-	Payload         json.RawMessage // direct deliveries only
+	UID             string          `json:"uid"`
+	FinishedAt      time.Time       `json:"finishedAt"`
+	Namespace       string          `json:"namespace"`
+	Name            string          `json:"name"`
+	Endpoint        string          `json:"endpoint"`
+	EventType       string          `json:"eventType"`
+	MessageID       string          `json:"messageId"`
+	EventUID        string          `json:"eventUid,omitempty"` // empty for a direct delivery
+	EventName       string          `json:"eventName,omitempty"`
+	Phase           string          `json:"phase"`
+	Attempts        int32           `json:"attempts"`
+	SignatureScheme string          `json:"signatureScheme,omitempty"`
+	CreatedAt       time.Time       `json:"createdAt"`
+	History         []Attempt       `json:"history"`
+	Payload         json.RawMessage `json:"payload,omitempty"` // the event's, or the direct delivery's own
 }
 
 // Attempt is one attempt of a delivery.

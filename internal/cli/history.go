@@ -208,7 +208,7 @@ func (a *app) printHistory(page *historyapi.Page, attempts bool) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		if len(d.Payload) > 0 {
+		if len(d.Payload) > 0 && string(d.Payload) != "null" {
 			fmt.Fprintf(a.out, "\nPAYLOAD\n%s\n", d.Payload)
 		}
 	}

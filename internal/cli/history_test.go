@@ -77,6 +77,7 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 	direct := []string{"--history-url", url, "--history-insecure-skip-tls-verify"}
 
 	r := plugin(support, ns, "", append([]string{"history"}, direct...)...).ok(t)
+	t.Logf("kubectl hookline -n %s history\n%s", ns, r.out)
 	lines := strings.Split(strings.TrimSpace(r.out), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[1], "order-2") || !strings.HasPrefix(lines[2], "order-1") || strings.Contains(r.out, "order-9") {
 		t.Fatalf("history:\n%s", r.out)
@@ -87,11 +88,13 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 		t.Fatalf("history --phase Exhausted -o json: %v\n%s", err, r.out)
 	}
 	r = plugin(support, ns, "", append([]string{"history", "show", "order-1"}, direct...)...).ok(t)
+	t.Logf("kubectl hookline -n %s history show order-1\n%s", ns, r.out)
 	if !strings.Contains(r.out, "ATTEMPTS") || !strings.Contains(r.out, "answer a") || !strings.Contains(r.out, "msg_order-1") {
 		t.Fatalf("history show:\n%s", r.out)
 	}
 
 	r = plugin(stranger, ns, "", append([]string{"history"}, direct...)...)
+	t.Logf("as a user without list webhookdeliveries: %s", r.err)
 	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not list webhookdeliveries.hookline.dev in namespace") {
 		t.Fatalf("a user without list webhookdeliveries: exit %d\n%s%s", r.code, r.out, r.err)
 	}
