@@ -40,8 +40,8 @@ type EventReconciler struct {
 	// APIReader reads past the cache when the cache shows no receiver: "no endpoint"
 	// is final for an event, and an endpoint may have turned Ready a moment ago.
 	APIReader client.Reader
-	Recorder eventRecorder
-	Clock    clock.PassiveClock
+	Recorder  eventRecorder
+	Clock     clock.PassiveClock
 	// Gate admits a fan-out while the etcd byte budget has room for it.
 	Gate *retention.Gate
 	// wakeups carries the held events the pruner releases when room is made.
