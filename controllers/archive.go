@@ -2,14 +2,13 @@ package controllers
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/signing"
 )
 
 // Archiver keeps finished deliveries beyond the cluster: the pruner writes a unit
@@ -50,7 +49,7 @@ func archiveRecords(u unitObjects) ([]archive.Delivery, []archive.Payload) {
 		rec := archive.Delivery{
 			UID: string(d.UID), Namespace: d.Namespace, Name: d.Name, Endpoint: d.Spec.EndpointRef.Name,
 			EventType: d.Spec.EventType, MessageID: d.Status.MessageID, Phase: string(d.Status.Phase),
-			Attempts: d.Status.Attempts, SignatureScheme: signatureScheme(d.Status.Signature), CreatedAt: d.CreationTimestamp.Time,
+			Attempts: d.Status.Attempts, SignatureScheme: signing.SchemeOf(d.Status.Signature), CreatedAt: d.CreationTimestamp.Time,
 			FinishedAt: d.CreationTimestamp.Time,
 		}
 		if d.Status.CompletionTime != nil {
@@ -69,20 +68,4 @@ func archiveRecords(u unitObjects) ([]archive.Delivery, []archive.Payload) {
 		deliveries = append(deliveries, rec)
 	}
 	return deliveries, payloads
-}
-
-// signatureScheme names the scheme of the signature header sent last, by its form.
-func signatureScheme(sig string) string {
-	switch {
-	case sig == "":
-		return ""
-	case strings.HasPrefix(sig, "v1a,"):
-		return string(hooklinev1.SchemeStandardWebhooks) + "/Ed25519"
-	case strings.HasPrefix(sig, "v1,"):
-		return string(hooklinev1.SchemeStandardWebhooks)
-	case strings.HasPrefix(sig, "t="):
-		return string(hooklinev1.SchemeHMACTimestamp)
-	default:
-		return string(hooklinev1.SchemeHTTPMessageSignatures)
-	}
 }

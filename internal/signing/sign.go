@@ -155,3 +155,20 @@ func hmacTimestamp(secret, tsText string, body []byte) []byte {
 	mac.Write(body)
 	return mac.Sum(nil)
 }
+
+// SchemeOf names the scheme and algorithm of a signature value this package made, by
+// its form (for records that must say how a request was signed, never with what).
+func SchemeOf(signature string) string {
+	switch {
+	case signature == "":
+		return ""
+	case strings.HasPrefix(signature, "v1a,"):
+		return "StandardWebhooks/Ed25519"
+	case strings.HasPrefix(signature, "v1,"):
+		return "StandardWebhooks"
+	case strings.HasPrefix(signature, "t="):
+		return "HMACTimestamp"
+	default:
+		return "HTTPMessageSignatures"
+	}
+}

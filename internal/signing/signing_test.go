@@ -331,3 +331,24 @@ func TestGeneratedSecretsParse(t *testing.T) {
 		t.Fatalf("KeyID = %q", KeyID(pub))
 	}
 }
+
+// SchemeOf recognises what each signer makes.
+func TestSchemeOfNamesEachSignersOutput(t *testing.T) {
+	hmacKey, err := ParseSecret("whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edKey, err := ParseSecret("whsk_" + base64.StdEncoding.EncodeToString(make([]byte, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw, _ := SignStandardWebhooks("msg_1", 1, []byte("{}"), []Key{hmacKey})
+	ed, _ := SignStandardWebhooks("msg_1", 1, []byte("{}"), []Key{edKey})
+	ts, _ := SignHMACTimestamp(1, []byte("{}"), []Key{hmacKey})
+	for sig, want := range map[string]string{sw: "StandardWebhooks", ed: "StandardWebhooks/Ed25519", ts: "HMACTimestamp",
+		"sig1=:AAAA:": "HTTPMessageSignatures", "": ""} {
+		if got := SchemeOf(sig); got != want {
+			t.Errorf("SchemeOf(%q) = %q, want %q", sig, got, want)
+		}
+	}
+}
