@@ -230,7 +230,7 @@ func TestEndpointsAreServedInTurn(t *testing.T) {
 	ownNamespace(t, ns, conf)
 	var burstServed atomic.Int32
 	burst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(50 * time.Millisecond) // a receiver that takes its time, not a wait in the test
+		time.Sleep(100 * time.Millisecond) // a receiver that takes its time, not a wait in the test
 		burstServed.Add(1)
 	}))
 	t.Cleanup(burst.Close)
@@ -264,7 +264,7 @@ func TestEndpointsAreServedInTurn(t *testing.T) {
 	createAll(ctx, t, directDelivery(ns, "other", "other"))
 	waitDeliveryPhase(t, ns, "other", hooklinev1.PhaseSucceeded, 20*time.Second)
 	before := <-servedBefore
-	// In arrival order it would come after all 150 (almost 4 s of the busy receiver's
+	// In arrival order it would come after all 150 (7.5 s of the busy receiver's
 	// time on two workers); in turn, right after the deliveries in flight.
 	if left := queued - before; left < 50 {
 		t.Fatalf("the other endpoint's delivery was sent after %d of the burst's %d, with only %d left: it queued behind them", before, queued, left)
