@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +97,22 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 		if !found[name] {
 			t.Errorf("metric %s is not registered", name)
 		}
+	}
+}
+
+// The estimate counts what a user's metadata adds: an event applied with kubectl
+// carries itself again in last-applied-configuration.
+func TestFootprintEstimateCountsMetadata(t *testing.T) {
+	ev := newEvent("shop", "order-1", "order.created", `{"order":1}`)
+	plain := eventBytes(ev)
+	ev.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4000)}
+	if got := eventBytes(ev) - plain; got < 4000 {
+		t.Fatalf("a 4,000-byte annotation adds %d bytes to the estimate", got)
+	}
+	d := directDelivery("shop", "d", "acme")
+	plainD := deliveryBytes(d)
+	d.Labels = map[string]string{"customer": "acme"}
+	if deliveryBytes(d) <= plainD {
+		t.Fatal("labels add nothing to a delivery's estimate")
 	}
 }

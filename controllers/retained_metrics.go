@@ -93,12 +93,22 @@ func (c *retainedCollector) Collect(ch chan<- prometheus.Metric) {
 
 // eventBytes estimates an event's etcd value without encoding it.
 func eventBytes(e *hooklinev1.WebhookEvent) int64 {
-	return eventBaseBytes + int64(len(e.Spec.Payload.Raw))
+	return eventBaseBytes + int64(len(e.Spec.Payload.Raw)+metadataBytes(e.Labels)+metadataBytes(e.Annotations))
+}
+
+// metadataBytes is what labels or annotations add: kubectl apply's
+// last-applied-configuration alone repeats a whole event, its payload included.
+func metadataBytes(m map[string]string) int {
+	n := 0
+	for k, v := range m {
+		n += len(k) + len(v) + 6 // quotes, colon, comma
+	}
+	return n
 }
 
 // deliveryBytes estimates a delivery's etcd value without encoding it.
 func deliveryBytes(d *hooklinev1.WebhookDelivery) int {
-	n := deliveryBaseBytes
+	n := deliveryBaseBytes + metadataBytes(d.Labels) + metadataBytes(d.Annotations)
 	if d.Spec.Payload != nil {
 		n += len(d.Spec.Payload.Raw)
 	}
