@@ -46,6 +46,24 @@ func archivedNames(ctx context.Context, store *archive.Store, ns string) (map[st
 	return out, nil
 }
 
+// waitArchivedAndPruned waits until ns has no delivery left in the cluster and want
+// rows in the archive (a delivery written twice would show as one row too many) (the database may still be starting: its errors are
+// waited out).
+func waitArchivedAndPruned(t *testing.T, store *archive.Store, ns string, want int, what string) {
+	t.Helper()
+	eventually(t, 20*time.Second, what, func(ctx context.Context) (bool, string, error) {
+		left, err := deliveriesLeft(ctx, ns)
+		if err != nil {
+			return false, "", err
+		}
+		rows, err := store.List(ctx, archive.Filter{Namespace: ns, Limit: 1000})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return left == 0 && len(rows) == want, fmt.Sprintf("%d in the cluster, %d rows archived", left, len(rows)), nil
+	})
+}
+
 func deliveriesLeft(ctx context.Context, ns string) (int, error) {
 	var list hooklinev1.WebhookDeliveryList
 	err := k8s.List(ctx, &list, client.InNamespace(ns))
@@ -72,17 +90,7 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 		createAll(ctx, t, newEvent(ns, fmt.Sprintf("order-%d", i), "order.created", fmt.Sprintf(`{"order":%d}`, i)))
 	}
 	createAll(ctx, t, directDelivery(ns, "direct", "acme"))
-	eventually(t, 20*time.Second, "every delivery archived, then pruned", func(ctx context.Context) (bool, string, error) {
-		left, err := deliveriesLeft(ctx, ns)
-		if err != nil {
-			return false, "", err
-		}
-		archived, err := archivedNames(ctx, store, ns)
-		if err != nil {
-			return false, "", err
-		}
-		return left == 0 && len(archived) == 6, fmt.Sprintf("%d in the cluster, %d archived", left, len(archived)), nil
-	})
+	waitArchivedAndPruned(t, store, ns, 6, "every delivery archived, then pruned")
 	archived, _ := archivedNames(ctx, store, ns)
 	fanned := archived[deliveryName("order-3", "acme")]
 	if fanned.EventName != "order-3" || string(fanned.Payload) != `{"order": 3}` || fanned.Phase != "Succeeded" || fanned.Attempts != 1 ||
@@ -113,17 +121,7 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 	if err := pg.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "caught up", func(ctx context.Context) (bool, string, error) {
-		left, err := deliveriesLeft(ctx, ns)
-		if err != nil {
-			return false, "", err
-		}
-		archived, err := archivedNames(ctx, store, ns)
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		return left == 0 && len(archived) == 7, fmt.Sprintf("%d in the cluster, %d archived", left, len(archived)), nil
-	})
+	waitArchivedAndPruned(t, store, ns, 7, "caught up")
 }
 
 // crashAfterWrite is an archive whose manager dies right after its first write: the
@@ -190,15 +188,5 @@ func TestArchiveSurvivesACrashBetweenWriteAndDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(stopNext)
-	eventually(t, 20*time.Second, "archived once each, then pruned", func(ctx context.Context) (bool, string, error) {
-		left, err := deliveriesLeft(ctx, ns)
-		if err != nil {
-			return false, "", err
-		}
-		rows, err := store.List(ctx, archive.Filter{Namespace: ns, Limit: 500})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		return left == 0 && len(rows) == messages, fmt.Sprintf("%d in the cluster, %d rows", left, len(rows)), nil
-	})
+	waitArchivedAndPruned(t, store, ns, messages, "archived once each, then pruned")
 }

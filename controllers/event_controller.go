@@ -67,6 +67,9 @@ const progressInterval = time.Second
 func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var ev hooklinev1.WebhookEvent
 	if err := r.Get(ctx, req.NamespacedName, &ev); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Gate.Forget(req.String()) // a held event deleted while it waited
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	// A complete event is still counted on every change of its deliveries: a manual

@@ -57,6 +57,15 @@ func (e etcdClient) valueBytes(ctx context.Context, prefix string) (keys int, to
 	return len(out.Kvs), total, err
 }
 
+// namespaceValueBytes sums the values of a namespace's deliveries and events.
+func (e etcdClient) namespaceValueBytes(ctx context.Context, ns string) (deliveries, events int, err error) {
+	if _, deliveries, err = e.valueBytes(ctx, "/registry/hookline.dev/webhookdeliveries/"+ns+"/"); err != nil {
+		return 0, 0, err
+	}
+	_, events, err = e.valueBytes(ctx, "/registry/hookline.dev/webhookevents/"+ns+"/")
+	return deliveries, events, err
+}
+
 // dbSize is etcd's database size in use, in bytes (what the quota is measured on
 // after a defragmentation; the file itself only grows until then).
 func (e etcdClient) dbSize(ctx context.Context) (inUse float64, total float64, err error) {
@@ -132,11 +141,7 @@ const compactionInterval = 5 * 60
 // their values, the database's growth before compaction, and after it.
 func measureFootprint(ctx context.Context, e etcdClient, ns string, messages int, inUseBefore, rate float64, out *footprintResult) error {
 	out.Messages, out.MaxRatePerSec, out.RetentionSucceededH = messages, rate, 24
-	_, deliveryBytes, err := e.valueBytes(ctx, "/registry/hookline.dev/webhookdeliveries/"+ns+"/")
-	if err != nil {
-		return err
-	}
-	_, eventBytes, err := e.valueBytes(ctx, "/registry/hookline.dev/webhookevents/"+ns+"/")
+	deliveryBytes, eventBytes, err := e.namespaceValueBytes(ctx, ns)
 	if err != nil {
 		return err
 	}

@@ -171,11 +171,7 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 		if err != nil {
 			return err
 		}
-		_, dv, err := etcd.valueBytes(ctx, "/registry/hookline.dev/webhookdeliveries/"+ns+"/")
-		if err != nil {
-			return err
-		}
-		_, ev, err := etcd.valueBytes(ctx, "/registry/hookline.dev/webhookevents/"+ns+"/")
+		dv, ev, err := etcd.namespaceValueBytes(ctx, ns)
 		if err != nil {
 			return err
 		}
