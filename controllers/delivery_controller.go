@@ -89,7 +89,9 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 	before := d.DeepCopy()
 	var attempted *attemptDone // set when a request was sent: acted on once it is recorded
 	defer func() {
-		if err := r.patchStatus(ctx, before, &d); err != nil {
+		// An invalid payload is refused before anything is sent.
+		sent := attempted != nil && attempted.outcome != delivery.Invalid
+		if err := r.patchStatus(ctx, before, &d, sent); err != nil {
 			retErr = errors.Join(retErr, err)
 			return
 		}
@@ -238,11 +240,25 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 	return res, nil
 }
 
-func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery) error {
+// patchStatus writes the delivery's status once per reconcile. A status in which
+// nothing reached a receiver (a refusal, a wait, a retry token, endpoint deleted or
+// disabled) is written with the resourceVersion it was computed from, so that a copy
+// the cache has not brought up to date cannot finish a delivery twice or move its
+// completionTime; on a conflict nothing is written and the watch brings the newer
+// version back. A sent attempt is recorded whatever changed meanwhile: an attempt is
+// never lost.
+func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery, sent bool) error {
 	if equality.Semantic.DeepEqual(before.Status, d.Status) {
 		return nil
 	}
-	if err := r.Status().Patch(ctx, d, client.MergeFrom(before)); err != nil {
+	patch := client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
+	if sent {
+		patch = client.MergeFrom(before)
+	}
+	if err := r.Status().Patch(ctx, d, patch); err != nil {
+		if !sent && apierrors.IsConflict(err) {
+			return nil
+		}
 		return client.IgnoreNotFound(err)
 	}
 	if !before.Status.Phase.Finished() && d.Status.Phase.Finished() {

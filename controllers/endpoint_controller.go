@@ -63,7 +63,11 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	st.ObservedGeneration = ep.Generation
 
 	now := r.Clock.Now()
-	ready, err := r.evaluate(ctx, &ep, now)
+	// Events wait for the status write: see queuedEvents.
+	queued := &queuedEvents{}
+	decide := *r
+	decide.Recorder = queued
+	ready, err := decide.evaluate(ctx, &ep, now)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -73,15 +77,26 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, hooklinev1.ConditionStalled)
 	}
-	r.recordTransitions(ctx, before, &ep)
-
 	if !equality.Semantic.DeepEqual(before.Status, ep.Status) {
-		if err := r.Status().Patch(ctx, &ep, client.MergeFrom(before)); err != nil {
+		// With the resourceVersion read: a stale copy must not rewrite conditions (and
+		// their transition times) that a newer reconcile or the health recorder wrote.
+		err := r.Status().Patch(ctx, &ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: conflictRequeue}, nil // reconciled again from the newer copy
+		}
+		if err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
+		// Only a change that was written is reported, so a stale copy reports nothing twice.
+		decide.recordTransitions(ctx, before, &ep)
 	}
+	queued.emit(r.Recorder)
 	return ctrl.Result{RequeueAfter: ready.requeueAfter}, nil
 }
+
+// conflictRequeue is how soon an endpoint whose status write met a newer version is
+// looked at again: the cache has usually caught up by then.
+const conflictRequeue = 100 * time.Millisecond
 
 // readiness is the computed Ready condition.
 type readiness struct {

@@ -72,6 +72,9 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if ev.Refused() {
+		return ctrl.Result{}, nil // final: nothing it is computed from can change
+	}
 	// A complete event is still counted on every change of its deliveries: a manual
 	// retry can turn an Exhausted delivery into a Succeeded one long after completion.
 	before := ev.DeepCopy()
@@ -79,19 +82,9 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	st.ObservedGeneration = ev.Generation
 	now := r.Clock.Now()
 	progress, fannedOut := r.progress(ev.UID)
-	if st.MessageID == "" && !fannedOut {
+	if !ev.FannedOut() && !fannedOut {
 		if err := payload.Check(ev.Spec.Payload.Raw); err != nil {
-			// Admission refuses such a payload; this one got in before it or around it.
-			// Reported once: the event is complete and is not looked at again.
-			problem := err.Error() + "; nothing was delivered"
-			logf.FromContext(ctx).Info("refusing to fan out an invalid event", "event", req.NamespacedName, "problem", problem)
-			if r.Recorder != nil {
-				r.Recorder.Eventf(&ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonInvalidEvent, "FanOut", "%s", problem)
-			}
-			conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidEvent, problem, now)
-			st.Deliveries = &hooklinev1.DeliveryCounts{}
-			st.CompletionTime = &metav1.Time{Time: now}
-			return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
+			return ctrl.Result{}, r.refuse(ctx, before, &ev, err, now)
 		}
 		receivers, err := r.receivers(ctx, &ev)
 		if err != nil {
@@ -166,11 +159,45 @@ func (r *EventReconciler) progress(uid types.UID) (*fanOutProgress, bool) {
 	return p.(*fanOutProgress), true
 }
 
+// patchStatus writes the event's status with the resourceVersion it was computed
+// from: a copy the cache has not brought up to date yet cannot overwrite what a newer
+// one wrote (a completionTime, final counts). On a conflict nothing is written; the
+// watch brings the newer version back.
 func (r *EventReconciler) patchStatus(ctx context.Context, before, ev *hooklinev1.WebhookEvent) error {
+	_, err := r.writeStatus(ctx, before, ev)
+	return err
+}
+
+// writeStatus is patchStatus that also says whether a write took.
+func (r *EventReconciler) writeStatus(ctx context.Context, before, ev *hooklinev1.WebhookEvent) (bool, error) {
 	if equality.Semantic.DeepEqual(before.Status, ev.Status) {
-		return nil
+		return false, nil
 	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, ev, client.MergeFrom(before)))
+	err := r.Status().Patch(ctx, ev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// refuse completes an event whose payload breaks the limits (admission refuses such a
+// payload; this one got in before it or around it). It is written once: the refusal
+// is final, and the Warning Event follows only the write that made it.
+func (r *EventReconciler) refuse(ctx context.Context, before, ev *hooklinev1.WebhookEvent, problem error, now time.Time) error {
+	msg := problem.Error() + "; nothing was delivered"
+	st := &ev.Status
+	conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonInvalidPayload, msg, now)
+	st.Deliveries = &hooklinev1.DeliveryCounts{}
+	st.CompletionTime = &metav1.Time{Time: now}
+	wrote, err := r.writeStatus(ctx, before, ev)
+	if !wrote {
+		return err
+	}
+	logf.FromContext(ctx).Info("refused to fan out an invalid event", "event", client.ObjectKeyFromObject(ev), "problem", msg)
+	if r.Recorder != nil {
+		r.Recorder.Eventf(ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonInvalidPayload, "FanOut", "%s", msg)
+	}
+	return nil
 }
 
 // receivers are the endpoints of the event's namespace that receive it.

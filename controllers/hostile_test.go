@@ -87,7 +87,7 @@ func TestHostilyNestedObjectsStopNobody(t *testing.T) {
 		waitDeliveryPhase(t, ns, deliveryName(fmt.Sprintf("order-%d", i), "acme"), hooklinev1.PhaseSucceeded, 15*time.Second)
 	}
 	// The hostile objects are refused with a message that names the limit.
-	ev := waitEvent(t, ns, "deep", 10*time.Second, "InvalidEvent", completeWith(hooklinev1.ReasonInvalidEvent))
+	ev := waitEvent(t, ns, "deep", 10*time.Second, "InvalidPayload", completeWith(hooklinev1.ReasonInvalidPayload))
 	if c := meta.FindStatusCondition(ev.Status.Conditions, hooklinev1.ConditionComplete); !strings.Contains(c.Message, "at most 64 levels") {
 		t.Fatalf("condition message: %q", c.Message)
 	}
@@ -112,7 +112,7 @@ func TestHostilyNestedObjectsStopNobody(t *testing.T) {
 				seen[e.Regarding.Name+"/"+e.Reason] = true
 			}
 		}
-		return seen["deep/"+hooklinev1.ReasonInvalidEvent] && seen["deep-direct/"+string(hooklinev1.PhaseFailed)], fmt.Sprint(seen), nil
+		return seen["deep/"+hooklinev1.ReasonInvalidPayload] && seen["deep-direct/"+string(hooklinev1.PhaseFailed)], fmt.Sprint(seen), nil
 	})
 	for kind, name := range map[string]string{"event": "deep", "delivery": "deep-direct"} {
 		if !strings.Contains(managerLog.String(), `"`+kind+`": {"name":"`+name+`","namespace":"`+ns+`"}`) {

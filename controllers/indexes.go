@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/urlkey"
@@ -27,8 +26,7 @@ const (
 )
 
 // SetupIndexes registers the field indexes every reconciler relies on.
-func SetupIndexes(ctx context.Context, mgr manager.Manager) error {
-	idx := mgr.GetFieldIndexer()
+func SetupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 	if err := idx.IndexField(ctx, &hooklinev1.WebhookEndpoint{}, indexEndpointURL, func(o client.Object) []string {
 		if key := endpointURLKey(o.(*hooklinev1.WebhookEndpoint)); key != "" {
 			return []string{key}

@@ -203,7 +203,7 @@ func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hookl
 		case u.Finished:
 			u.CompletedAt = e.Status.CompletionTime.Time
 			fp.complete++
-		case e.Status.MessageID == "":
+		case !e.FannedOut():
 			fp.inProgress++
 			fp.notFannedOut += u.Bytes
 		default:

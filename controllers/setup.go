@@ -38,12 +38,15 @@ type Config struct {
 	// Namespaces are the namespaces the manager's cache watches (its
 	// DefaultNamespaces; empty: all), for the caches Setup makes of its own.
 	Namespaces map[string]cache.Config
+	// Clock is the reconcilers' clock; nil means the real one. Tests inject a fake one
+	// to show that nothing final is rewritten as time passes.
+	Clock clock.WithTicker
 }
 
 // Setup builds every dependency of the reconcilers here, in one place, and registers
 // the field indexes, the caches of its own and the reconcilers with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
-	if err := SetupIndexes(ctx, mgr); err != nil {
+	if err := SetupIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
 		return fmt.Errorf("field indexes: %w", err)
 	}
 	secretMetadata, err := newSecretMetadataCache(mgr, cfg.Namespaces)
@@ -53,7 +56,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := mgr.Add(secretMetadata); err != nil {
 		return err
 	}
-	clk := clock.RealClock{}
+	var clk clock.Clock = clock.RealClock{}
+	if cfg.Clock != nil {
+		clk = cfg.Clock
+	}
 	recorder := mgr.GetEventRecorder("hookline")
 	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
 	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader())
@@ -86,19 +92,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention}); err != nil {
 		return err
 	}
-	deliveries := &DeliveryReconciler{
-		Client:              mgr.GetClient(),
-		Secrets:             secrets,
-		Sender:              cfg.Sender,
-		MaxConcurrent:       cfg.MaxConcurrentDeliveries,
-		EndpointMaxInFlight: endpointShare(cfg),
-		Recorder:            recorder,
-		Clock:               clk,
-		health:              health,
-		turns:               newFairTurns(),
-		wakeups:             make(chan event.GenericEvent, 1024),
-	}
-	deliveries.throttle = throttle.New(deliveries.wake)
+	deliveries := newDeliveryReconciler(mgr.GetClient(), secrets, health, recorder, clk, cfg)
 	if err := deliveries.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}
@@ -125,4 +119,23 @@ func endpointShare(cfg Config) int {
 		return cfg.EndpointMaxInFlight
 	}
 	return max(cfg.MaxConcurrentDeliveries/4, 1)
+}
+
+// newDeliveryReconciler builds the delivery reconciler with its throttle, turns and
+// wakeups.
+func newDeliveryReconciler(c client.Client, secrets SecretReader, health *endpointHealth, recorder eventRecorder, clk clock.Clock, cfg Config) *DeliveryReconciler {
+	r := &DeliveryReconciler{
+		Client:              c,
+		Secrets:             secrets,
+		Sender:              cfg.Sender,
+		MaxConcurrent:       cfg.MaxConcurrentDeliveries,
+		EndpointMaxInFlight: endpointShare(cfg),
+		Recorder:            recorder,
+		Clock:               clk,
+		health:              health,
+		turns:               newFairTurns(),
+		wakeups:             make(chan event.GenericEvent, 1024),
+	}
+	r.throttle = throttle.New(r.wake)
+	return r
 }

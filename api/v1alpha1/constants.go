@@ -59,7 +59,8 @@ const (
 	// ReasonWaitingForBudget: the fan-out waits until the manager's etcd byte budget
 	// has room (--max-etcd-bytes).
 	ReasonWaitingForBudget = "WaitingForBudget"
-	ReasonInvalidEvent     = "InvalidPayload"
+	// ReasonInvalidPayload: the payload breaks the documented limits; the event is refused, once.
+	ReasonInvalidPayload = "InvalidPayload"
 )
 
 // Reasons of the delivery's Succeeded condition and of attempt records.
