@@ -36,6 +36,7 @@ var (
 	testScheme *runtime.Scheme
 	managerLog syncBuffer // everything the manager logged, scanned for secrets
 	nsCounter  atomic.Int64
+	etcd       testenv.Etcd // the control plane's etcd, to judge what objects cost it
 )
 
 type syncBuffer struct {
@@ -67,7 +68,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer func() { _ = env.Stop() }()
-	restConfig, k8s, testScheme = env.Config, env.Client, env.Scheme
+	restConfig, k8s, testScheme, etcd = env.Config, env.Client, env.Scheme, env.Etcd()
 	cfg := env.Config
 
 	ctx, cancel := context.WithCancel(context.Background())

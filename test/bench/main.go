@@ -179,15 +179,15 @@ func run() error {
 			}
 		}
 		fmt.Printf("scenario %s: %d events x %d endpoints\n", s.name, s.events, s.endpoints)
-		etcd := etcdClient{url: env.EtcdURL()}
+		etcd := env.Etcd()
 		var inUseBefore float64
 		if s.name == "fanout-1" {
 			// What a message costs etcd, measured on the first scenario from a compacted,
 			// defragmented database.
-			if err := etcd.compact(ctx); err != nil {
+			if err := etcd.Compact(ctx); err != nil {
 				return fmt.Errorf("etcd compaction: %w", err)
 			}
-			if inUseBefore, _, err = etcd.dbSize(ctx); err != nil {
+			if inUseBefore, _, err = etcd.DBSize(ctx); err != nil {
 				return err
 			}
 		}

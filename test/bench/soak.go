@@ -94,11 +94,11 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 	}
 	defer ln.Close()
 	go func() { _ = http.Serve(ln, recv) }()
-	etcd := etcdClient{url: env.EtcdURL()}
-	if err := etcd.compact(ctx); err != nil {
+	etcd := env.Etcd()
+	if err := etcd.Compact(ctx); err != nil {
 		return err
 	}
-	if out.DBInUseStartBytes, _, err = etcd.dbSize(ctx); err != nil {
+	if out.DBInUseStartBytes, _, err = etcd.DBSize(ctx); err != nil {
 		return err
 	}
 	// The budget, not the counts, is what binds here.
@@ -171,11 +171,11 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 		if err != nil {
 			return err
 		}
-		dv, ev, err := etcd.namespaceValueBytes(ctx, ns)
+		dv, ev, err := etcd.NamespaceValueBytes(ctx, ns)
 		if err != nil {
 			return err
 		}
-		inUse, _, err := etcd.dbSize(ctx)
+		inUse, _, err := etcd.DBSize(ctx)
 		if err != nil {
 			return err
 		}
@@ -241,13 +241,13 @@ func runSoak(ctx context.Context, env *testenv.Env, kubeconfig, work string, out
 	if rows > 0 {
 		out.ArchiveBytesPerRow = float64(bytes) / float64(rows)
 	}
-	if out.DBInUseEndBytes, _, err = etcd.dbSize(ctx); err != nil {
+	if out.DBInUseEndBytes, _, err = etcd.DBSize(ctx); err != nil {
 		return err
 	}
-	if err := etcd.compact(ctx); err != nil {
+	if err := etcd.Compact(ctx); err != nil {
 		return err
 	}
-	out.DBCompactedEndBytes, _, err = etcd.dbSize(ctx)
+	out.DBCompactedEndBytes, _, err = etcd.DBSize(ctx)
 	return err
 }
 
