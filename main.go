@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -244,7 +245,12 @@ func run(ctx context.Context, o *options) error {
 			}
 		}
 	}
+	managerMetrics := controllers.NewMetrics()
+	if err := managerMetrics.Register(ctrlmetrics.Registry); err != nil {
+		return err
+	}
 	if err := controllers.Setup(ctx, mgr, controllers.Config{
+		Metrics:           managerMetrics,
 		AllowInsecureHTTP: o.allowInsecureHTTP,
 		Sender: delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent(),
 			MaxOpenConns: o.maxConcurrentDeliveries}),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hookline/hookline/internal/archive"
@@ -17,21 +16,6 @@ type Archiver interface {
 	Write(ctx context.Context, deliveries []archive.Delivery, payloads []archive.Payload) error
 	DropBefore(ctx context.Context, cutoff time.Time) ([]string, error)
 }
-
-var (
-	archivedTotal = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "hookline_archived_deliveries_total",
-		Help: "Finished deliveries written to the archive before they were pruned.",
-	})
-	archiveErrorsTotal = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "hookline_archive_errors_total",
-		Help: "Archive writes that failed; the deliveries they held were not pruned.",
-	})
-	archiveUp = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "hookline_archive_up",
-		Help: "1 when the last archive write succeeded, 0 when it failed (nothing is pruned until it succeeds again).",
-	})
-)
 
 // archiveBatch is the number of deliveries written to the archive at once.
 const archiveBatch = 500

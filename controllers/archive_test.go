@@ -80,6 +80,7 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 	conf := testConfig()
 	conf.Retention = Retention{Succeeded: time.Second, Failed: time.Second, Interval: 200 * time.Millisecond}
 	conf.Archive = store
+	conf.Metrics = NewMetrics()
 	ns := "own-10"
 	ownNamespace(t, ns, conf)
 	recv := newReceiver(t)
@@ -91,6 +92,7 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 	}
 	createAll(ctx, t, directDelivery(ns, "direct", "acme"))
 	waitArchivedAndPruned(t, store, ns, 6, "every delivery archived, then pruned")
+	archivedCount(t, conf.Metrics, 6)
 	archived, _ := archivedNames(ctx, store, ns)
 	fanned := archived[deliveryName("order-3", "acme")]
 	if fanned.EventName != "order-3" || string(fanned.Payload) != `{"order": 3}` || fanned.Phase != "Succeeded" || fanned.Attempts != 1 ||
@@ -105,12 +107,11 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	errorsBefore := testutil.ToFloat64(archiveErrorsTotal)
 	createAll(ctx, t, newEvent(ns, "while-down", "order.created", `{"order":99}`))
 	waitDeliveryPhase(t, ns, deliveryName("while-down", "acme"), hooklinev1.PhaseSucceeded, 10*time.Second)
 	eventually(t, 10*time.Second, "archive failures counted", func(context.Context) (bool, string, error) {
-		n := testutil.ToFloat64(archiveErrorsTotal) - errorsBefore
-		return n >= 2 && testutil.ToFloat64(archiveUp) == 0, fmt.Sprintf("%v failed writes", n), nil
+		n := testutil.ToFloat64(conf.Metrics.archiveErrors)
+		return n >= 2 && testutil.ToFloat64(conf.Metrics.archiveUp) == 0, fmt.Sprintf("%v failed writes", n), nil
 	})
 	// Several walks failed past its 1 s retention, and it is still there.
 	if left, err := deliveriesLeft(ctx, ns); err != nil || left != 1 {
@@ -122,6 +123,23 @@ func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitArchivedAndPruned(t, store, ns, 7, "caught up")
+	archivedCount(t, conf.Metrics, 7)
+	if up := testutil.ToFloat64(conf.Metrics.archiveUp); up != 1 {
+		t.Fatalf("hookline_archive_up %v after the catch-up, want 1", up)
+	}
+}
+
+// archivedCount waits for hookline_archived_deliveries_total to say want, and fails
+// if it says more.
+func archivedCount(t *testing.T, m *Metrics, want float64) {
+	t.Helper()
+	eventually(t, 5*time.Second, "hookline_archived_deliveries_total", func(context.Context) (bool, string, error) {
+		n := testutil.ToFloat64(m.archived)
+		if n > want {
+			t.Fatalf("hookline_archived_deliveries_total %v, want %v: a delivery was counted twice", n, want)
+		}
+		return n == want, fmt.Sprint(n), nil
+	})
 }
 
 // crashAfterWrite is an archive whose manager dies right after its first write: the

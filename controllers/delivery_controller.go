@@ -44,6 +44,7 @@ type DeliveryReconciler struct {
 	EndpointMaxInFlight int
 	Recorder            eventRecorder
 	Clock               clock.Clock
+	Metrics             *Metrics
 
 	// throttle enforces the endpoints' rateLimit; wakeups carries the deliveries it
 	// wakes when an in-flight slot frees up.
@@ -227,13 +228,13 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 
 	res := r.Sender.Send(ctx, req)
 	done() // the endpoint's in-flight slot is free once the receiver has answered
-	observeAttempt(res)
+	r.Metrics.observeAttempt(res)
 
 	d.Status = deliverystate.Next(d.Status, d.Generation, deliverystate.Attempt{At: now, Result: res, MessageID: msg.id, Signature: signature},
 		deliverystate.Policy{Retry: backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())}, r.Clock.Now())
 	switch d.Status.Phase {
 	case hooklinev1.PhaseSucceeded:
-		observeLatency(r.Clock.Since(msg.createdAt))
+		r.Metrics.observeLatency(r.Clock.Since(msg.createdAt))
 	case hooklinev1.PhaseExhausted:
 		logf.FromContext(ctx).V(1).Info("exhausted", "delivery", client.ObjectKeyFromObject(d), "attempts", d.Status.Attempts)
 	}
@@ -262,7 +263,7 @@ func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklin
 		return client.IgnoreNotFound(err)
 	}
 	if !before.Status.Phase.Finished() && d.Status.Phase.Finished() {
-		observeCompleted(d.Status.Phase)
+		r.Metrics.observeCompleted(d.Status.Phase)
 		if d.Status.Phase != hooklinev1.PhaseSucceeded && r.Recorder != nil {
 			msg := ""
 			if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c != nil {

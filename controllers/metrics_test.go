@@ -9,30 +9,30 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/deliverystate"
-	"github.com/hookline/hookline/internal/kubeclient"
 )
 
-// The contract's metrics are on the manager's registry, with the history of a delivery
-// that needed more than ten attempts trimmed to the last ten.
+// The contract's metrics, on a manager of its own so that they count this test alone,
+// with the history of a delivery that needed more than ten attempts trimmed to the
+// last ten.
 func TestMetricsAndHistoryLimit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ns := newNamespace(t)
+	conf := testConfig()
+	conf.Metrics = NewMetrics()
+	conf.Retention.Interval = 200 * time.Millisecond
+	ns := "own-16"
+	ownNamespace(t, ns, conf)
 	recv := newReceiver(t, http.StatusInternalServerError)
 	ep := newEndpoint(ns, "ep", recv.URL+"/", "*")
 	twelve := int32(12)
 	ep.Spec.Retry = hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 0}}, MaxAttempts: &twelve}
 	createAll(ctx, t, ep)
 	waitReady(t, ns, "ep", hooklinev1.ReasonActive)
-	retriesBefore := testutil.ToFloat64(attemptsTotal.WithLabelValues("retry"))
-	exhaustedBefore := testutil.ToFloat64(completedTotal.WithLabelValues(string(hooklinev1.PhaseExhausted)))
 	createAll(ctx, t, directDelivery(ns, "d", "ep"))
 	d := waitDeliveryPhase(t, ns, "d", hooklinev1.PhaseExhausted, 20*time.Second)
 	if d.Status.Attempts != 12 || len(d.Status.History) != deliverystate.HistoryLimit || len(recv.got()) != 12 {
@@ -42,62 +42,89 @@ func TestMetricsAndHistoryLimit(t *testing.T) {
 		t.Fatal("history is not newest last")
 	}
 
-	// Other tests' deliveries count too, so at least this test's. The counters move
-	// once the status write is answered, a moment after the test can read it.
-	eventually(t, 5*time.Second, "metrics count this test's attempts", func(context.Context) (bool, string, error) {
-		retries := testutil.ToFloat64(attemptsTotal.WithLabelValues("retry")) - retriesBefore
-		exhausted := testutil.ToFloat64(completedTotal.WithLabelValues(string(hooklinev1.PhaseExhausted))) - exhaustedBefore
-		return retries >= 12 && exhausted >= 1, fmt.Sprintf("attempts_total{retry} +%v, completed_total{Exhausted} +%v", retries, exhausted), nil
-	})
-
-	// The footprint, as the manager counts it (here from the API server directly: the
-	// package's managers each cache a part of the cluster).
-	// Guarded as the manager is: another test keeps hostile objects in the cluster.
-	guarded, err := client.New(kubeclient.Guarded(restConfig), client.Options{Scheme: testScheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	deliveries, events, err := listed(ctx, guarded)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, fp := (&Pruner{}).units(deliveries, events)
-	footprint := &retainedCollector{}
-	footprint.publish(fp, nil)
+	// Exact values: the counters move once the status write is answered, a moment
+	// after the test can read it; the footprint on the pruner's next walk.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(footprint)
-	got, err := reg.Gather()
+	if err := conf.Metrics.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{
+		"hookline_delivery_attempts_total,retry":              12,
+		"hookline_deliveries_completed_total,Exhausted":       1,
+		"hookline_delivery_attempt_duration_seconds":          12, // observations
+		"hookline_retained_objects,WebhookDelivery,Exhausted": 1,
+		"hookline_retained_objects,WebhookEvent,Complete":     0,
+		"hookline_pruned_total,WebhookDelivery,Age":           0,
+		"hookline_delivery_latency_seconds":                   0, // a direct delivery has no event to measure from
+		"hookline_retained_objects,WebhookDelivery,Pending":   0,
+		"hookline_deliveries_completed_total,Succeeded":       0,
+		"hookline_delivery_attempts_total,success":            0,
+		"hookline_retained_objects,WebhookEvent,InProgress":   0,
+		"hookline_deliveries_completed_total,Failed":          0,
+		"hookline_retained_objects,WebhookDelivery,Succeeded": 0,
+		"hookline_delivery_attempts_total,invalid":            0,
+	}
+	var values map[string]float64
+	eventually(t, 5*time.Second, "the manager's metrics count this test's delivery", func(context.Context) (bool, string, error) {
+		var err error
+		if values, err = gathered(reg); err != nil {
+			return false, "", err
+		}
+		for name, v := range want {
+			if values[name] != v {
+				return false, fmt.Sprintf("%s = %v, want %v", name, values[name], v), nil
+			}
+		}
+		return true, "", nil
+	})
+	// Nothing else was counted: no attempt of another result.
+	for name, v := range values {
+		if strings.HasPrefix(name, "hookline_delivery_attempts_total,") && name != "hookline_delivery_attempts_total,retry" && v != 0 {
+			t.Errorf("%s = %v, want none", name, v)
+		}
+	}
+	if values["hookline_retained_bytes"] < 500 {
+		t.Errorf("hookline_retained_bytes %v for an exhausted delivery with ten attempts", values["hookline_retained_bytes"])
+	}
+
+	// controller-runtime's own metrics stay on its registry, which main serves.
+	families, err := metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
+	}
+	found := false
+	for _, f := range families {
+		found = found || f.GetName() == "controller_runtime_reconcile_total"
+	}
+	if !found {
+		t.Error("controller_runtime_reconcile_total is not registered")
+	}
+}
+
+// gathered flattens a registry: "name,label values..." -> value (a histogram's count).
+func gathered(reg *prometheus.Registry) (map[string]float64, error) {
+	families, err := reg.Gather()
+	if err != nil {
+		return nil, err
 	}
 	values := map[string]float64{}
-	for _, f := range got {
+	for _, f := range families {
 		for _, m := range f.GetMetric() {
 			name := f.GetName()
 			for _, l := range m.GetLabel() {
 				name += "," + l.GetValue()
 			}
-			values[name] = m.GetGauge().GetValue()
+			switch {
+			case m.GetCounter() != nil:
+				values[name] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				values[name] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				values[name] = float64(m.GetHistogram().GetSampleCount())
+			}
 		}
 	}
-	if values["hookline_retained_objects,WebhookDelivery,Exhausted"] < 1 || values["hookline_retained_bytes"] < 500 {
-		t.Errorf("retained objects and bytes: %v", values)
-	}
-
-	families, err := metrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := map[string]bool{}
-	for _, f := range families {
-		found[f.GetName()] = true
-	}
-	for _, name := range []string{"hookline_delivery_attempts_total", "hookline_deliveries_completed_total",
-		"hookline_delivery_attempt_duration_seconds", "hookline_delivery_latency_seconds", "controller_runtime_reconcile_total"} {
-		if !found[name] {
-			t.Errorf("metric %s is not registered", name)
-		}
-	}
+	return values, nil
 }
 
 // The estimate counts what a user's metadata adds: an event applied with kubectl

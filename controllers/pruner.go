@@ -65,6 +65,7 @@ type Pruner struct {
 	// is how long the archive keeps it.
 	Archive          Archiver
 	ArchiveRetention time.Duration
+	Metrics          *Metrics
 
 	// deleting holds the units queued or being deleted (by the UID of their first
 	// object): the walks leave them out of their plans but count them until gone.
@@ -185,7 +186,7 @@ func (p *Pruner) walk(ctx context.Context) error {
 	for _, key := range p.Gate.Release() {
 		p.Wake(key)
 	}
-	retained.publish(fp, p.Gate)
+	p.Metrics.retained.publish(fp, p.Gate)
 	return nil
 }
 
@@ -299,8 +300,8 @@ func (p *Pruner) archived(ctx context.Context, jobs []pruneJob) []pruneJob {
 		err := p.Archive.Write(wctx, deliveries, payloads)
 		cancel()
 		if err != nil {
-			archiveErrorsTotal.Inc()
-			archiveUp.Set(0)
+			p.Metrics.archiveErrors.Inc()
+			p.Metrics.archiveUp.Set(0)
 			if !p.archiveFailing {
 				logf.FromContext(ctx).Error(err, "archive write failed: nothing is pruned until it succeeds again")
 			}
@@ -311,8 +312,8 @@ func (p *Pruner) archived(ctx context.Context, jobs []pruneJob) []pruneJob {
 			logf.FromContext(ctx).Info("archive writes succeed again")
 		}
 		p.archiveFailing = false
-		archiveUp.Set(1)
-		archivedTotal.Add(float64(len(deliveries)))
+		p.Metrics.archiveUp.Set(1)
+		p.Metrics.archived.Add(float64(len(deliveries)))
 		done = end
 	}
 	return jobs[:done]
@@ -349,7 +350,7 @@ func (p *Pruner) deleteUnit(ctx context.Context, u unitObjects, reason string) e
 			return err
 		}
 		if err == nil {
-			prunedTotal.WithLabelValues("WebhookEvent", reason).Inc()
+			p.Metrics.pruned.WithLabelValues("WebhookEvent", reason).Inc()
 			log.Info("pruned", "event", client.ObjectKeyFromObject(e), "reason", reason)
 		}
 	}
@@ -359,7 +360,7 @@ func (p *Pruner) deleteUnit(ctx context.Context, u unitObjects, reason string) e
 			return err
 		}
 		if err == nil {
-			prunedTotal.WithLabelValues("WebhookDelivery", reason).Inc()
+			p.Metrics.pruned.WithLabelValues("WebhookDelivery", reason).Inc()
 			log.Info("pruned", "delivery", client.ObjectKeyFromObject(d), "reason", reason)
 		}
 	}

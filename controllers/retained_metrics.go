@@ -23,10 +23,6 @@ var (
 		"The ceiling on hookline_retained_bytes (--max-etcd-bytes; 0: none).", nil, nil)
 	heldEventsDesc = prometheus.NewDesc("hookline_fanout_held_events",
 		"WebhookEvents whose fan-out waits for room in the etcd budget (backpressure).", nil, nil)
-	prunedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hookline_pruned_total",
-		Help: "Objects deleted by the manager's retention, by kind and reason (Age, Count, Budget).",
-	}, []string{"kind", "reason"})
 )
 
 // Measured with make bench (etcd values, managedFields included, a 45-byte payload):
@@ -57,8 +53,6 @@ type retainedCollector struct {
 	last atomic.Pointer[footprint]
 	gate atomic.Pointer[retention.Gate]
 }
-
-var retained = &retainedCollector{}
 
 func (c *retainedCollector) publish(f *footprint, g *retention.Gate) {
 	c.last.Store(f)

@@ -38,6 +38,8 @@ type Config struct {
 	// Namespaces are the namespaces the manager's cache watches (its
 	// DefaultNamespaces; empty: all), for the caches Setup makes of its own.
 	Namespaces map[string]cache.Config
+	// Metrics are the manager's metrics; nil: a set of its own, registered nowhere.
+	Metrics *Metrics
 	// Clock is the reconcilers' clock; nil means the real one. Tests inject a fake one
 	// to show that nothing final is rewritten as time passes.
 	Clock clock.WithTicker
@@ -55,6 +57,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 	if err := mgr.Add(secretMetadata); err != nil {
 		return err
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
 	}
 	var clk clock.Clock = clock.RealClock{}
 	if cfg.Clock != nil {
@@ -89,7 +94,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("event controller: %w", err)
 	}
 	if err := mgr.Add(&Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake,
-		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention}); err != nil {
+		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention, Metrics: cfg.Metrics}); err != nil {
 		return err
 	}
 	deliveries := newDeliveryReconciler(mgr.GetClient(), secrets, health, recorder, clk, cfg)
@@ -132,6 +137,7 @@ func newDeliveryReconciler(c client.Client, secrets SecretReader, health *endpoi
 		EndpointMaxInFlight: endpointShare(cfg),
 		Recorder:            recorder,
 		Clock:               clk,
+		Metrics:             cfg.Metrics,
 		health:              health,
 		turns:               newFairTurns(),
 		wakeups:             make(chan event.GenericEvent, 1024),

@@ -87,7 +87,7 @@ func runSuite(m *testing.M) int {
 }
 
 // reservedNamespaces are watched only by the managers tests start themselves.
-var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4", "own-5", "own-6", "own-7", "own-8", "own-9", "own-10", "own-11", "own-12", "own-13", "own-14", "own-15"}
+var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4", "own-5", "own-6", "own-7", "own-8", "own-9", "own-10", "own-11", "own-12", "own-13", "own-14", "own-15", "own-16"}
 
 func notReservedNamespaces() fields.Selector {
 	var sels []fields.Selector
@@ -191,6 +191,18 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx 
 	})
 	if err != nil {
 		t.Fatalf("%s: %v (last seen: %s)", what, err, last)
+	}
+}
+
+// throughout checks cond every 50ms for d and fails at the first error it returns.
+func throughout(t *testing.T, d time.Duration, cond func(ctx context.Context) error) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+		if err := cond(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
