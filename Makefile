@@ -55,7 +55,12 @@ vet: ## go vet.
 # the race detector. -parallel 8: the envtest tests wait on receivers and retries far
 # more than they compute, so more of them run at once than there are cores.
 test: manifests generate fmt vet envtest kustomize helm postgres ## Run every test against a real API server (envtest), with the race detector.
-	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" go test -race ./... -count=1 -parallel 8 -timeout 20m
+	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" HOOKLINE_TEST_ENV_REQUIRED=1 go test -race ./... -count=1 -parallel 8 -timeout 20m
+
+.PHONY: unit
+# Without a control plane, PostgreSQL or tools: the tests that need one skip and say so.
+unit: ## Run only the unit tests (no control plane, no database; seconds).
+	HOOKLINE_TEST_UNIT_ONLY=1 go test ./... -count=1
 
 .PHONY: postgres
 # The archive's tests start a throwaway PostgreSQL server from Debian's package; it is

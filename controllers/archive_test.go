@@ -21,9 +21,7 @@ import (
 func startArchive(t *testing.T) (*testenv.Postgres, *archive.Store) {
 	t.Helper()
 	pg, err := testenv.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.SkipIfMissing(t, err)
 	t.Cleanup(func() { _ = pg.Remove() })
 	store, err := archive.New(pg.DSN)
 	if err != nil {
@@ -74,6 +72,7 @@ func deliveriesLeft(ctx context.Context, ns string) (int, error) {
 // attempts, its event's payload) before deleting it. With the database down nothing
 // is pruned and the manager says so; once it is back, the manager catches up.
 func TestArchiveBeforePruneAndCatchUp(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	pg, store := startArchive(t)
@@ -162,6 +161,7 @@ func (c *crashAfterWrite) Write(ctx context.Context, ds []archive.Delivery, ps [
 // duplicates nothing: the next one writes the same rows again (idempotent by UID and
 // completion) and deletes them.
 func TestArchiveSurvivesACrashBetweenWriteAndDelete(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	_, store := startArchive(t)

@@ -13,12 +13,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // With hundreds of deliveries in flight the manager is stopped and a new one started:
 // every message arrives at least once, and a message that arrives twice carries the
 // same webhook-id and the same body.
 func TestManagerRestartLosesNothing(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	const events = 300
 	ctx := context.Background()

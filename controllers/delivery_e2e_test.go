@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 func newEndpoint(ns, name, url string, events ...string) *hooklinev1.WebhookEndpoint {
@@ -95,6 +96,7 @@ func waitDeliveryPhase(t *testing.T, ns, name string, phase hooklinev1.DeliveryP
 }
 
 func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -182,6 +184,7 @@ func TestEndpointEventDeliveryEndToEnd(t *testing.T) {
 }
 
 func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -255,6 +258,7 @@ func TestFanOutOncePerSubscribedReadyEndpoint(t *testing.T) {
 }
 
 func TestFailingReceiverIsRetriedOnScheduleNotHotLooped(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -299,6 +303,7 @@ func TestFailingReceiverIsRetriedOnScheduleNotHotLooped(t *testing.T) {
 }
 
 func TestExhaustedThenManualRetry(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -344,6 +349,7 @@ func TestExhaustedThenManualRetry(t *testing.T) {
 }
 
 func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -387,6 +393,7 @@ func logNames(log, msg, ns, name string) bool {
 }
 
 func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -419,6 +426,7 @@ func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {
 }
 
 func TestDeletedEndpointFailsItsDeliveries(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)

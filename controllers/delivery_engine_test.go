@@ -20,6 +20,7 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/retention"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 func directDelivery(ns, name, endpoint string) *hooklinev1.WebhookDelivery {
@@ -40,6 +41,7 @@ func createAll(ctx context.Context, t *testing.T, objs ...client.Object) {
 }
 
 func TestScriptedOutcomes(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -136,6 +138,7 @@ func newConcurrencyReceiver(t *testing.T, hold time.Duration) *concurrencyReceiv
 }
 
 func TestRateLimitAndMaxInFlightAreEnforced(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -192,6 +195,7 @@ func TestRateLimitAndMaxInFlightAreEnforced(t *testing.T) {
 }
 
 func TestSlowEndpointDoesNotDelayHealthyOnes(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -219,6 +223,7 @@ func TestSlowEndpointDoesNotDelayHealthyOnes(t *testing.T) {
 }
 
 func TestBlockedAddressFailsAtOnce(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	conf := testConfig()
@@ -244,6 +249,7 @@ func TestBlockedAddressFailsAtOnce(t *testing.T) {
 }
 
 func TestRetentionDeletesFinishedObjects(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	conf := testConfig()

@@ -15,9 +15,11 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/signing"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -67,6 +69,7 @@ func TestDuplicateURLIsHandedOnWhenTheOwnerGoes(t *testing.T) {
 }
 
 func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -85,6 +88,7 @@ func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
 }
 
 func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -140,6 +144,7 @@ func TestSecretProblemsAreReportedWithoutTheValue(t *testing.T) {
 }
 
 func TestSchemesOnTheWire(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -194,6 +199,7 @@ func TestSchemesOnTheWire(t *testing.T) {
 }
 
 func TestSendTestAnnotation(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ns := newNamespace(t)
 	recv := newReceiver(t)

@@ -14,11 +14,13 @@ import (
 	"k8s.io/client-go/rest"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // The counts are written out whole, zeros included, even when the event reaches no
 // endpoint: clients read status.deliveries.total and the DELIVERIES column shows 0.
 func TestEventReachingNoEndpointHasZeroCounts(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -82,6 +84,7 @@ func printerTable(ctx context.Context, t *testing.T, ns, resource string) *metav
 // A manual retry of an Exhausted delivery reaches its event, after the event was
 // complete and after the manager that completed it was replaced by a new one.
 func TestManualRetryReachesTheEventAlsoAfterARestart(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := "own-4"

@@ -18,6 +18,7 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conncount"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // switchableReceiver never answers (until the client gives up) while stuck, or
@@ -89,6 +90,7 @@ func (r *switchableReceiver) stats() (peak int32, requests int) {
 // healthy endpoint of another namespace: it holds at most its share of the workers,
 // fewer once its attempts keep timing out, and gets them back when it answers again.
 func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	share := int32(endpointShare(testConfig()))
@@ -155,6 +157,7 @@ func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
 // keep-alive ones included, counted by the receivers themselves: three receivers,
 // each of which would otherwise keep its own idle connections open.
 func TestOpenConnectionsStayWithinTheGlobalCap(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := "own-6"
@@ -196,6 +199,7 @@ func TestOpenConnectionsStayWithinTheGlobalCap(t *testing.T) {
 
 // A receiver answering with megabytes of headers costs an attempt, not memory.
 func TestHugeResponseHeadersFailTheAttempt(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -222,6 +226,7 @@ func TestHugeResponseHeadersFailTheAttempt(t *testing.T) {
 // A burst to one endpoint allowed every worker does not queue another endpoint's
 // delivery behind it: the work queue serves endpoints in turn, not in arrival order.
 func TestEndpointsAreServedInTurn(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	conf := testConfig()

@@ -20,6 +20,7 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/retention"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // The tests of this file run the reconcilers by hand, with a fake clock, against the
@@ -245,6 +246,7 @@ func (h *handRig) readyEndpoint(name, url string, events ...string) *hooklinev1.
 }
 
 func TestFinalEventsAreNotWrittenAgain(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	h := newHandRig(t, "own-12")
 	recv := newReceiver(t)
@@ -304,6 +306,7 @@ func TestFinalEventsAreNotWrittenAgain(t *testing.T) {
 }
 
 func TestFinalDeliveriesAreNotWrittenAgain(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	h := newHandRig(t, "own-13")
 	recv := newReceiver(t)
@@ -347,6 +350,7 @@ func TestFinalDeliveriesAreNotWrittenAgain(t *testing.T) {
 }
 
 func TestFinalEndpointStatusIsNotWrittenAgain(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	h := newHandRig(t, "own-14")
 	recv := newReceiver(t)

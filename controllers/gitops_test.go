@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 func kstatusOf(t *testing.T, obj client.Object) status.Status {
@@ -34,6 +35,7 @@ func kstatusOf(t *testing.T, obj client.Object) status.Status {
 // Argo CD and Flux judge health with kstatus: Current when healthy, InProgress while a
 // change is not yet observed, Failed when only a user can fix it.
 func TestKstatusReadsOurStatus(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -83,6 +85,7 @@ spec:
 // Applying the same YAML twice changes nothing, and the manager never takes ownership of
 // any field outside status (no drift for GitOps tools).
 func TestServerSideApplyTwiceHasNoDrift(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -115,6 +118,7 @@ func TestServerSideApplyTwiceHasNoDrift(t *testing.T) {
 }
 
 func TestAutoDisableAfterFailingTooLongThenSpecChangeEnables(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)

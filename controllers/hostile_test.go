@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // hostileDepth is deep enough for the API server to store the object and for a
@@ -34,6 +35,7 @@ func nestedPayload(depth int) []byte {
 // admission was off) when a manager starts: it syncs, delivers everything else, and
 // refuses the bad objects once, with a condition, a Warning Event and a log line.
 func TestHostilyNestedObjectsStopNobody(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := "own-5"

@@ -14,12 +14,14 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // The contract's metrics, on a manager of its own so that they count this test alone,
 // with the history of a delivery that needed more than ten attempts trimmed to the
 // last ten.
 func TestMetricsAndHistoryLimit(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	conf := testConfig()
@@ -130,6 +132,7 @@ func gathered(reg *prometheus.Registry) (map[string]float64, error) {
 // The estimate counts what a user's metadata adds: an event applied with kubectl
 // carries itself again in last-applied-configuration.
 func TestFootprintEstimateCountsMetadata(t *testing.T) {
+	testenv.Needs(t)
 	ev := newEvent("shop", "order-1", "order.created", `{"order":1}`)
 	plain := eventBytes(ev)
 	ev.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4000)}

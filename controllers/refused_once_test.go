@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // refusedOnceLoad is how long the good stream runs beside the invalid events.
@@ -26,6 +27,7 @@ const refusedOnceLoad = time.Minute
 // more copy of their payloads. Before the fix, a busy manager refused them again and
 // again, each time with a new completionTime, until etcd was full.
 func TestInvalidEventsAreRefusedOnceUnderLoad(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := "own-15"

@@ -17,6 +17,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/retention"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // publishInOrder publishes the events one after the other, each once the one before
@@ -75,6 +76,7 @@ func failingEndpoint(ns, name, url, eventType string) *hooklinev1.WebhookEndpoin
 // (here its spec's; the shared manager sets no default count), and the older ones
 // go with their events.
 func TestCountRetentionPerEndpointKeepsTheNewest(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -96,6 +98,7 @@ func TestCountRetentionPerEndpointKeepsTheNewest(t *testing.T) {
 // Per namespace, the newest finished events are kept; over the limit those whose
 // deliveries all succeeded go first, so a failed one outlives newer successes.
 func TestCountRetentionPerNamespacePrunesSucceededFirst(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	conf := testConfig()
@@ -128,6 +131,7 @@ func storedBytes(ctx context.Context, ns string) (int64, error) {
 // and resume when deliveries finish. Nothing unfinished is pruned: every message
 // arrives.
 func TestByteBudgetPrunesEarlyThenHoldsFanOut(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	const budget = 120_000

@@ -17,6 +17,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/signing"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 func secretValue(ctx context.Context, t *testing.T, ns, name string) string {
@@ -81,6 +82,7 @@ func publishAndReceive(ctx context.Context, t *testing.T, ns, endpoint, eventNam
 }
 
 func TestRotationKeepsThePreviousSecretSigningForTheGracePeriod(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -130,6 +132,7 @@ func TestRotationKeepsThePreviousSecretSigningForTheGracePeriod(t *testing.T) {
 }
 
 func TestSeveralRotationsWithinAGracePeriodKeepEverySecret(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -175,6 +178,7 @@ func userSecretEndpoint(ctx context.Context, t *testing.T, ns, secretName string
 }
 
 func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -207,6 +211,7 @@ func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 }
 
 func TestSecretsNeverReachEventsOrStatus(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -266,6 +271,7 @@ func atoi(t *testing.T, s string) int64 {
 // Secret watch, not from a periodic re-read: the first request after it is signed with
 // both values within seconds, with no other change to the endpoint.
 func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -286,6 +292,7 @@ func TestUserSecretChangeSignsWithBothValuesWithinSeconds(t *testing.T) {
 
 // A header's Secret is read once, held, and read again when it changes.
 func TestHeaderSecretChangeIsUsedAtOnce(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)

@@ -57,33 +57,31 @@ func (b *syncBuffer) String() string {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
+	os.Exit(testenv.Suite(m, startSuite))
 }
 
-func runSuite(m *testing.M) int {
+// startSuite starts the control plane and the shared manager.
+func startSuite() (stop func(), err error) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(&managerLog), zap.UseDevMode(true)))
 	env, err := testenv.Start()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	defer func() { _ = env.Stop() }()
 	restConfig, k8s, testScheme, etcd = env.Config, env.Client, env.Scheme, env.Etcd()
-	cfg := env.Config
-
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	// The shared manager leaves the reserved namespaces to tests that run a manager of
 	// their own (other flags, a crash and restart).
-	stop, err := startManager(ctx, cfg, testConfig(), cache.Config{FieldSelector: notReservedNamespaces()})
+	stopManager, err := startManager(ctx, env.Config, testConfig(), cache.Config{FieldSelector: notReservedNamespaces()})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		cancel()
+		_ = env.Stop()
+		return nil, err
 	}
-	code := m.Run()
-	cancel()
-	stop()
-	return code
+	return func() {
+		cancel()
+		stopManager()
+		_ = env.Stop()
+	}, nil
 }
 
 // reservedNamespaces are watched only by the managers tests start themselves.

@@ -11,11 +11,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // What can be judged without the cluster is refused by the API server itself, with the
 // message a user sees from kubectl apply.
 func TestAdmissionRejectsBadEndpoints(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -98,6 +100,7 @@ func TestAdmissionRejectsBadEndpoints(t *testing.T) {
 }
 
 func TestAdmissionRejectsBadEventsAndDeliveries(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -141,6 +144,7 @@ func TestAdmissionRejectsBadEventsAndDeliveries(t *testing.T) {
 
 // Selectable fields let users filter deliveries server-side.
 func TestDeliverySelectableFields(t *testing.T) {
+	testenv.Needs(t)
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)

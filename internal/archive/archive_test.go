@@ -16,8 +16,7 @@ var dsn string
 func TestMain(m *testing.M) {
 	pg, err := testenv.StartPostgres()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		os.Exit(testenv.Without(m, err))
 	}
 	dsn = pg.DSN
 	code := m.Run()
@@ -51,6 +50,7 @@ func delivery(ns string, i int, finished time.Time, eventUID string) Delivery {
 }
 
 func TestMigrationsApplyOnce(t *testing.T) {
+	testenv.Needs(t)
 	s := open(t)
 	open(t) // a second manager starting: nothing to apply
 	var n int
@@ -65,6 +65,7 @@ func TestMigrationsApplyOnce(t *testing.T) {
 // Writing the same deliveries twice (a crash between the write and the delete)
 // stores each once; the event's payload is stored once for all its deliveries.
 func TestWriteIsIdempotentAndListedNewestFirst(t *testing.T) {
+	testenv.Needs(t)
 	ctx := context.Background()
 	s := open(t)
 	ns := "idempotent"
@@ -127,6 +128,7 @@ func TestWriteIsIdempotentAndListedNewestFirst(t *testing.T) {
 // Retention drops whole days: a delivery of 40 days ago goes with its partition, one
 // of today stays.
 func TestDropBeforeDropsWholeDays(t *testing.T) {
+	testenv.Needs(t)
 	ctx := context.Background()
 	s := open(t)
 	ns := "retention"

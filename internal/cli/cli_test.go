@@ -46,8 +46,7 @@ func run(m *testing.M) int {
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	var err error
 	if env, err = testenv.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return testenv.Without(m, err)
 	}
 	defer func() { _ = env.Stop() }()
 	k8s = env.Client
@@ -139,6 +138,7 @@ func endpoints(t *testing.T, ns string) []hooklinev1.WebhookEndpoint {
 }
 
 func TestEnsureIsIdempotent(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	r := plugin(adminKube, ns, "", "ensure", "--url", "https://Acme.example.com:443/hooks", "--events", "order.created,order.succeeded",
 		"--description", "Acme", "--label", "customer=acme").ok(t)
@@ -170,6 +170,7 @@ func TestEnsureIsIdempotent(t *testing.T) {
 }
 
 func TestEnsureConcurrentRunsMakeOneEndpoint(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	var wg sync.WaitGroup
 	results := make([]result, 4)
@@ -190,6 +191,7 @@ func TestEnsureConcurrentRunsMakeOneEndpoint(t *testing.T) {
 }
 
 func TestShowSecretFollowsRBAC(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	r := plugin(adminKube, ns, "", "ensure", "--url", "https://s.example.com/", "--events", "a.b", "--show-secret").ok(t)
 	if !strings.Contains(r.out, "signing secret: whsec_") {
@@ -217,6 +219,7 @@ func TestShowSecretFollowsRBAC(t *testing.T) {
 }
 
 func TestActionsWaitForTheManager(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer recv.Close()
@@ -246,6 +249,7 @@ func TestActionsWaitForTheManager(t *testing.T) {
 }
 
 func TestPublishAndRetry(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	fail := true
 	var mu sync.Mutex
@@ -294,6 +298,7 @@ func TestPublishAndRetry(t *testing.T) {
 }
 
 func TestVerifyACapturedRequest(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	captured := make(chan []byte, 1)
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -329,6 +334,7 @@ func TestVerifyACapturedRequest(t *testing.T) {
 }
 
 func TestBadInputIsOneClearLine(t *testing.T) {
+	testenv.Needs(t)
 	ns := newNamespace(t)
 	cases := []struct {
 		args []string

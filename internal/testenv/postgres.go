@@ -34,13 +34,16 @@ func PostgresBin() (string, error) {
 	}
 	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl")
 	if len(matches) == 0 {
-		return "", fmt.Errorf("PostgreSQL not found (pg_ctl): run make postgres, or apt-get install postgresql")
+		return "", missingf("PostgreSQL not found (pg_ctl): run `make postgres` (make test installs it)")
 	}
 	return filepath.Dir(matches[len(matches)-1]), nil
 }
 
 // StartPostgres initialises and starts a cluster with a database named hookline.
 func StartPostgres() (*Postgres, error) {
+	if err := checkWanted(); err != nil {
+		return nil, err
+	}
 	bin, err := PostgresBin()
 	if err != nil {
 		return nil, err

@@ -75,9 +75,12 @@ func (e *Env) WebhookServing() (host string, port int, certDir string) {
 
 // StartWith starts a control plane with the CRDs and what opts ask for.
 func StartWith(opts Options) (*Env, error) {
+	if err := checkWanted(); err != nil {
+		return nil, err
+	}
 	assets := Assets()
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		return nil, fmt.Errorf("no envtest control plane in %s: run `make test` (it builds one with hack/build-envtest.sh)", assets)
+		return nil, missingf("no envtest control plane in %s: run `make envtest` (make test builds it with hack/build-envtest.sh)", assets)
 	}
 	root, err := repoRoot()
 	if err != nil {

