@@ -330,14 +330,23 @@ func (r *DeliveryReconciler) limits(ep *hooklinev1.WebhookEndpoint) throttle.Lim
 }
 
 // adapt feeds an attempt's outcome to the throttle: an endpoint whose attempts time
-// out gets fewer at once, and more again as it answers.
+// out gets fewer at once, and more again as it answers. Each step down and the end of
+// a reduction are told on the endpoint, once each.
 func (r *DeliveryReconciler) adapt(ctx context.Context, ep *hooklinev1.WebhookEndpoint, timedOut bool, lim throttle.Limits) {
-	reduced, restored := r.throttle.Outcome(ep.Namespace+"/"+ep.Name, timedOut, lim)
-	switch {
-	case timedOut:
+	reduced, change := r.throttle.Outcome(ep.Namespace+"/"+ep.Name, timedOut, lim)
+	switch change {
+	case throttle.Reduced:
 		logf.FromContext(ctx).V(1).Info("concurrency reduced: attempts time out", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", reduced)
-	case restored:
+		if r.Recorder != nil {
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, hooklinev1.EventConcurrencyReduced, "Deliver",
+				"attempts time out: at most %d in flight until the endpoint answers again", reduced)
+		}
+	case throttle.Restored:
 		logf.FromContext(ctx).V(1).Info("concurrency restored: the endpoint answers again", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", lim.MaxInFlight)
+		if r.Recorder != nil {
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, hooklinev1.EventConcurrencyRestored, "Deliver",
+				"the endpoint answers again: its in-flight limit is restored")
+		}
 	}
 }
 

@@ -373,23 +373,49 @@ func TestGoneDisablesEndpointAndEnableAnnotationRestoresIt(t *testing.T) {
 	if ep.Status.LastHandledEnable != "now" || ep.Status.DisabledReason != "" {
 		t.Fatalf("after enable: %+v", ep.Status)
 	}
-	// The story is in the log (V(1)), naming the endpoint.
-	log := managerLog.String()
-	for _, want := range []string{"disabled", "re-enabled", "readiness changed"} {
-		if !logNames(log, want, ns, "gone") {
-			t.Errorf("no %q log line names the endpoint", want)
-		}
-	}
+	// The story is told on the endpoint, in Events a user sees: disabled once, enabled once.
+	waitEventsRecorded(t, ns, "gone", map[string]int{hooklinev1.EventDisabled: 1, hooklinev1.EventEnabled: 1})
 }
 
-// logNames reports whether a manager log line with this message names the object.
-func logNames(log, msg, ns, name string) bool {
-	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, "\t"+msg+"\t") && strings.Contains(line, `{"name":"`+name+`","namespace":"`+ns+`"}`) {
-			return true
+// waitEventsRecorded waits until the Kubernetes Events about an object count want per
+// reason (a series counts its repeats), and fails if one counts more.
+func waitEventsRecorded(t *testing.T, ns, name string, want map[string]int) {
+	t.Helper()
+	eventually(t, 10*time.Second, "Events about "+name, func(ctx context.Context) (bool, string, error) {
+		got, err := eventsAbout(ctx, ns, name)
+		if err != nil {
+			return false, "", err
 		}
+		for reason, n := range want {
+			if got[reason] > n {
+				t.Fatalf("%d %s Events about %s, want %d (all: %v)", got[reason], reason, name, n, got)
+			}
+			if got[reason] < n {
+				return false, fmt.Sprint(got), nil
+			}
+		}
+		return true, "", nil
+	})
+}
+
+// eventsAbout counts the Kubernetes Events about an object by reason.
+func eventsAbout(ctx context.Context, ns, name string) (map[string]int, error) {
+	var events eventsv1.EventList
+	if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+		return nil, err
 	}
-	return false
+	got := map[string]int{}
+	for _, e := range events.Items {
+		if e.Regarding.Name != name {
+			continue
+		}
+		n := 1
+		if e.Series != nil {
+			n = int(e.Series.Count)
+		}
+		got[e.Reason] += n
+	}
+	return got, nil
 }
 
 func TestPausedEndpointDeliveriesWaitThenResume(t *testing.T) {

@@ -260,7 +260,7 @@ func (r *EndpointReconciler) recordTransitions(ctx context.Context, before, afte
 	case hooklinev1.ReasonDuplicateURL:
 		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, hooklinev1.ReasonDuplicateURL, "CheckURL", "%s", now.Message)
 	case hooklinev1.ReasonDisabled:
-		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, "Disabled", "Disable", "%s", now.Message)
+		r.Recorder.Eventf(after, nil, corev1.EventTypeWarning, hooklinev1.EventDisabled, "Disable", "%s", now.Message)
 	}
 }
 

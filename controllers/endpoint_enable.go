@@ -38,7 +38,7 @@ func (r *EnableReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	if why != "" {
 		logf.FromContext(ctx).V(1).Info("re-enabled", "endpoint", req.NamespacedName, "by", why)
-		r.Recorder.Eventf(&ep, nil, corev1.EventTypeNormal, "Enabled", "Enable", "enabled again by %s", why)
+		r.Recorder.Eventf(&ep, nil, corev1.EventTypeNormal, hooklinev1.EventEnabled, "Enable", "enabled again by %s", why)
 	}
 	return ctrl.Result{}, nil
 }

@@ -23,8 +23,6 @@ import (
 // value answers.
 const rotatedForAnnotation = "hookline.dev/rotated-for"
 
-// ConditionSecretRotation reports a rotation request that could not be acted on.
-const ConditionSecretRotation = "SecretRotation"
 
 // secretOutcome is what ensureSigningSecret found.
 type secretOutcome struct {
@@ -71,7 +69,7 @@ func (r *EndpointReconciler) ensureSigningSecret(ctx context.Context, ep *hookli
 		st.LastRotationTime = &metav1.Time{Time: now}
 		if !metav1.IsControlledBy(secret, ep) {
 			logf.FromContext(ctx).V(1).Info("user's Secret changed; the previous value keeps signing", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name, "gracePeriod", ep.RotationGracePeriod())
-			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretChanged", "RotateSecret",
+			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, hooklinev1.EventSecretChanged, "RotateSecret",
 				"Secret %s has a new value; the previous one keeps signing for %s", secret.Name, ep.RotationGracePeriod())
 		}
 	}
@@ -108,9 +106,9 @@ func (r *EndpointReconciler) applySecretPlan(ctx context.Context, ep *hooklinev1
 		st.LastHandledRotateSecret = plan.token
 		msg := fmt.Sprintf("the %s annotation was not acted on: Secret %s is not managed by hookline; rotate it at its source (Sealed Secrets, External Secrets…) and hookline keeps the previous value signing for the grace period",
 			hooklinev1.AnnotationRotateSecret, secret.Name)
-		conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionFalse, "UserManagedSecret", msg, now)
+		conditions.Set(&st.Conditions, ep.Generation, hooklinev1.ConditionSecretRotation, metav1.ConditionFalse, hooklinev1.ReasonUserManagedSecret, msg, now)
 		logf.FromContext(ctx).V(1).Info("rotation refused: user-managed Secret", "endpoint", client.ObjectKeyFromObject(ep), "secret", secret.Name)
-		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, "RotationRefused", "RotateSecret", "%s", msg)
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, hooklinev1.EventRotationRefused, "RotateSecret", "%s", msg)
 	case secretRotate:
 		data, err := newSigningSecretData(ep)
 		if err != nil {
@@ -131,10 +129,10 @@ func (r *EndpointReconciler) applySecretPlan(ctx context.Context, ep *hooklinev1
 		if plan.token != "" {
 			st.LastHandledRotateSecret = plan.token
 		}
-		conditions.Set(&st.Conditions, ep.Generation, ConditionSecretRotation, metav1.ConditionTrue, "Rotated",
+		conditions.Set(&st.Conditions, ep.Generation, hooklinev1.ConditionSecretRotation, metav1.ConditionTrue, hooklinev1.ReasonRotated,
 			fmt.Sprintf("rotated; the previous secret keeps signing for %s", ep.RotationGracePeriod()), now)
 		logf.FromContext(ctx).V(1).Info("rotated", "endpoint", client.ObjectKeyFromObject(ep), "token", plan.token, "gracePeriod", ep.RotationGracePeriod())
-		r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, "SecretRotated", "RotateSecret",
+		r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, hooklinev1.EventSecretRotated, "RotateSecret",
 			"signing secret rotated; the previous one keeps signing for %s", ep.RotationGracePeriod())
 	case secretRotatedAlready:
 		st.LastHandledRotateSecret = plan.token

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"math/bits"
 	"context"
 	"fmt"
 	"io"
@@ -112,12 +113,15 @@ func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
 	// The healthy tenant's deliveries go through while the backlog waits.
 	healthy := newReceiver(t)
 	activeEndpoint(t, newEndpoint(healthyNS, "healthy", healthy.URL+"/", "*"))
+	// Judged by counts, not time: while a healthy delivery waits to be sent, the stuck
+	// endpoint starts no more than twice its share of attempts (it is not served ahead
+	// of the healthy one, round after round).
 	for i := range 10 {
-		created := time.Now()
+		_, before := stuck.stats()
 		createAll(ctx, t, directDelivery(healthyNS, fmt.Sprintf("h-%d", i), "healthy"))
-		waitDeliveryPhase(t, healthyNS, fmt.Sprintf("h-%d", i), hooklinev1.PhaseSucceeded, 5*time.Second)
-		if took := time.Since(created); took > 2*time.Second {
-			t.Errorf("healthy delivery %d took %s behind the stuck endpoint's backlog", i, took)
+		waitDeliveryPhase(t, healthyNS, fmt.Sprintf("h-%d", i), hooklinev1.PhaseSucceeded, 10*time.Second)
+		if _, after := stuck.stats(); after-before > 2*int(share) {
+			t.Errorf("healthy delivery %d waited while the stuck endpoint started %d attempts (share %d)", i, after-before, share)
 		}
 	}
 	if peak, _ := stuck.stats(); peak > share {
@@ -125,8 +129,10 @@ func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
 	}
 
 	// Timeouts reduce it to one attempt at a time.
-	eventually(t, 15*time.Second, "concurrency reduced", func(context.Context) (bool, string, error) {
-		return logNames(managerLog.String(), "concurrency reduced: attempts time out", stuckNS, "stuck"), "", nil
+	eventually(t, 15*time.Second, "concurrency reduced to one at a time, told in Events", func(ctx context.Context) (bool, string, error) {
+		got, err := eventsAbout(ctx, stuckNS, "stuck")
+		// From the share (4) down to 1: two steps, each told once.
+		return got[hooklinev1.EventConcurrencyReduced] >= 2, fmt.Sprint(got), err
 	})
 	eventually(t, 5*time.Second, "the attempts in flight before the reduction drain", func(context.Context) (bool, string, error) {
 		return stuck.inFlight.Load() <= 1, fmt.Sprint(stuck.inFlight.Load()), nil
@@ -148,8 +154,15 @@ func TestStuckEndpointTakesItsShareOnlyAndIsRestored(t *testing.T) {
 	for i := range 30 {
 		waitDeliveryPhase(t, stuckNS, fmt.Sprintf("s-%d", i), hooklinev1.PhaseSucceeded, 30*time.Second)
 	}
-	if !logNames(managerLog.String(), "concurrency restored: the endpoint answers again", stuckNS, "stuck") {
-		t.Fatal("no log line says the endpoint's concurrency was restored")
+	waitEventsRecorded(t, stuckNS, "stuck", map[string]int{hooklinev1.EventConcurrencyRestored: 1})
+	// Once per step down, never once per timeout: at one attempt at a time, further
+	// timeouts tell nothing new.
+	got, err := eventsAbout(ctx, stuckNS, "stuck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got[hooklinev1.EventConcurrencyReduced]; n > bits.Len(uint(share)) {
+		t.Fatalf("%d ConcurrencyReduced Events for a share of %d: more than one per step down", n, share)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
@@ -61,16 +62,20 @@ func activeEndpoint(t *testing.T, ep *hooklinev1.WebhookEndpoint) *hooklinev1.We
 	return waitReady(t, ep.Namespace, ep.Name, hooklinev1.ReasonActive)
 }
 
-// hangingServer answers nothing until the test ends or the client gives up.
-func hangingServer(t *testing.T) *httptest.Server {
+// hangingServer answers nothing until the test ends or the client gives up; inFlight
+// counts the requests it holds.
+func hangingServer(t *testing.T) (*httptest.Server, *atomic.Int32) {
 	t.Helper()
 	hang := make(chan struct{})
+	inFlight := &atomic.Int32{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
 		select {
 		case <-hang:
 		case <-r.Context().Done():
 		}
 	}))
 	t.Cleanup(func() { close(hang); srv.Close() })
-	return srv
+	return srv, inFlight
 }

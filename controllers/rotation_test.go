@@ -197,7 +197,7 @@ func TestUserManagedSecretChangeKeepsThePreviousValueSigning(t *testing.T) {
 		return ep.Status.SecretHint == second[:8]+"..." && ep.Status.PreviousSecretsExpireAt != nil && ep.Status.LastHandledRotateSecret == "please",
 			fmt.Sprintf("%+v", ep.Status), nil
 	})
-	c := meta.FindStatusCondition(ep.Status.Conditions, ConditionSecretRotation)
+	c := meta.FindStatusCondition(ep.Status.Conditions, hooklinev1.ConditionSecretRotation)
 	if c == nil || c.Reason != "UserManagedSecret" || !strings.Contains(c.Message, "rotate it at its source") || ep.Status.LastHandledRotateSecret != "please" {
 		t.Fatalf("rotation on a user-managed secret: %+v", ep.Status)
 	}

@@ -40,7 +40,9 @@ func (s *secretSource) Get(_ context.Context, key client.ObjectKey, obj client.O
 	return nil
 }
 
-func (s *secretSource) List(context.Context, client.ObjectList, ...client.ListOption) error { return nil }
+func (s *secretSource) List(context.Context, client.ObjectList, ...client.ListOption) error {
+	return nil
+}
 
 func (s *secretSource) set(name, v string) {
 	s.mu.Lock()

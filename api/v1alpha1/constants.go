@@ -32,6 +32,14 @@ const (
 	ConditionStalled   = "Stalled"
 	ConditionComplete  = "Complete"
 	ConditionSucceeded = "Succeeded"
+	// ConditionSecretRotation reports the last rotation request and how it was answered.
+	ConditionSecretRotation = "SecretRotation"
+)
+
+// Reasons of the endpoint's SecretRotation condition.
+const (
+	ReasonRotated           = "Rotated"
+	ReasonUserManagedSecret = "UserManagedSecret"
 )
 
 // Reasons of the endpoint's Ready condition.
@@ -74,4 +82,15 @@ const (
 	ReasonBlockedAddress   = "BlockedAddress"
 	ReasonBadPayload       = "BadPayload"
 	ReasonMaxAttempts      = "MaxAttemptsReached"
+)
+
+// Reasons of the Kubernetes Events the manager emits that are not condition reasons.
+const (
+	EventDisabled            = "Disabled"
+	EventEnabled             = "Enabled"
+	EventSecretRotated       = "SecretRotated"
+	EventSecretChanged       = "SecretChanged"
+	EventRotationRefused     = "RotationRefused"
+	EventConcurrencyReduced  = "ConcurrencyReduced"
+	EventConcurrencyRestored = "ConcurrencyRestored"
 )

@@ -125,14 +125,15 @@ const maxReducedCap = 1024
 // (from the configured cap, or from what is in flight when there is none), down to one
 // attempt at a time; an answer (any status) raises it by one, and once it is back at
 // the configured cap the endpoint is no longer reduced. It returns the cap now (0:
-// the configured one), and whether this answer ended a reduction.
-func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) (reducedCap int, restored bool) {
+// the configured one), and what this outcome changed: a step down, the end of a
+// reduction, or nothing worth telling a user (a step back up, a timeout at one).
+func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) (reducedCap int, change Change) {
 	t.mu.Lock()
 	st := t.endpoints[endpoint]
 	if st == nil {
 		if !timedOut {
 			t.mu.Unlock()
-			return 0, false
+			return 0, Unchanged
 		}
 		st = &endpointState{reserved: map[string]time.Time{}}
 		t.endpoints[endpoint] = st
@@ -143,11 +144,15 @@ func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) (reducedC
 		if from <= 0 {
 			from = max(st.inFlight, 2)
 		}
+		was := st.reduced
 		st.reduced = max(from/2, 1)
+		if st.reduced != was {
+			change = Reduced
+		}
 	} else if st.reduced > 0 {
 		st.reduced++
 		if (lim.MaxInFlight > 0 && st.reduced >= lim.MaxInFlight) || st.reduced > maxReducedCap {
-			st.reduced, restored = 0, true
+			st.reduced, change = 0, Restored
 		}
 		// The cap grew: one more waiter may go.
 		if limit := st.cap(lim); len(st.waiting) > 0 && (limit <= 0 || st.inFlight < limit) {
@@ -159,8 +164,17 @@ func (t *Throttle) Outcome(endpoint string, timedOut bool, lim Limits) (reducedC
 	if wake != "" && t.wake != nil {
 		t.wake(wake)
 	}
-	return reducedCap, restored
+	return reducedCap, change
 }
+
+// Change is what an outcome did to an endpoint's in-flight cap.
+type Change int
+
+const (
+	Unchanged Change = iota
+	Reduced          // a timeout lowered the cap
+	Restored         // answers brought it back to the configured cap
+)
 
 // Forget drops what is kept about a caller that will not come back (finished or gone).
 func (t *Throttle) Forget(endpoint, caller string) {

@@ -97,9 +97,13 @@ func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
 	th := New(func(c string) { woken = append(woken, c) })
 	lim := Limits{MaxInFlight: 16}
 	now := time.Unix(0, 0)
-	for i, want := range []int{8, 4, 2, 1, 1} {
-		if got, _ := th.Outcome("ep", true, lim); got != want {
-			t.Fatalf("timeout %d: cap %d, want %d", i+1, got, want)
+	// Each step down is a change to tell; a timeout at one attempt at a time is not.
+	for i, want := range []struct {
+		cap    int
+		change Change
+	}{{8, Reduced}, {4, Reduced}, {2, Reduced}, {1, Reduced}, {1, Unchanged}} {
+		if got, change := th.Outcome("ep", true, lim); got != want.cap || change != want.change {
+			t.Fatalf("timeout %d: cap %d (%v), want %d (%v)", i+1, got, change, want.cap, want.change)
 		}
 	}
 	first := th.Acquire("ep", "a", lim, now)
@@ -117,11 +121,11 @@ func TestTimeoutsReduceConcurrencyAndAnswersRestoreIt(t *testing.T) {
 	}
 	first.Release()
 	for i := 3; i < 16; i++ {
-		if got, _ := th.Outcome("ep", false, lim); got != i {
+		if got, change := th.Outcome("ep", false, lim); got != i || change != Unchanged {
 			t.Fatalf("cap %d, want %d", got, i)
 		}
 	}
-	if got, restored := th.Outcome("ep", false, lim); got != 0 || !restored {
+	if got, change := th.Outcome("ep", false, lim); got != 0 || change != Restored {
 		t.Fatalf("back at the configured cap, the endpoint is no longer reduced: %d", got)
 	}
 }
