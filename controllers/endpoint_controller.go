@@ -7,7 +7,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -77,16 +76,16 @@ func (r *EndpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, hooklinev1.ConditionStalled)
 	}
-	if !equality.Semantic.DeepEqual(before.Status, ep.Status) {
-		// With the resourceVersion read: a stale copy must not rewrite conditions (and
-		// their transition times) that a newer reconcile or the health recorder wrote.
-		err := r.Status().Patch(ctx, &ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
-		if apierrors.IsConflict(err) {
-			return ctrl.Result{RequeueAfter: conflictRequeue}, nil // reconciled again from the newer copy
-		}
-		if err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
-		}
+	// Applied with the resourceVersion read: a stale copy must not rewrite conditions
+	// (and their transition times) that a newer reconcile wrote.
+	wrote, err := applyEndpointStatus(ctx, r.Client, before, &ep, fieldManagerEndpoint)
+	if isStaleWrite(err) {
+		return ctrl.Result{RequeueAfter: conflictRequeue}, nil // reconciled again from the newer copy
+	}
+	if err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if wrote {
 		// Only a change that was written is reported, so a stale copy reports nothing twice.
 		decide.recordTransitions(ctx, before, &ep)
 	}

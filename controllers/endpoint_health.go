@@ -147,7 +147,7 @@ func (h *endpointHealth) flush(ctx context.Context, ep *hooklinev1.WebhookEndpoi
 // write applies a delta to the endpoint as it is in the API server, with an optimistic
 // lock (the endpoint controller writes other status fields concurrently).
 func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d *healthDelta) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	return retry.OnError(retry.DefaultRetry, isStaleWrite, func() error {
 		var ep hooklinev1.WebhookEndpoint
 		if err := h.live.Get(ctx, key, &ep); err != nil {
 			return client.IgnoreNotFound(err)
@@ -186,16 +186,11 @@ func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d 
 	})
 }
 
-// patch writes the health fields of ep's status (and nothing else: the endpoint
+// patch applies the health fields of ep's status (the recorder's own; the endpoint
 // controller owns the rest), with an optimistic lock on what was read.
 func (h *endpointHealth) patch(ctx context.Context, before, ep *hooklinev1.WebhookEndpoint) error {
-	b, a := &before.Status, &ep.Status
-	if b.ConsecutiveFailures == a.ConsecutiveFailures && b.DisabledReason == a.DisabledReason && b.DisabledGeneration == a.DisabledGeneration &&
-		b.LastHandledEnable == a.LastHandledEnable && timesEqual(b.LastSuccessTime, a.LastSuccessTime) &&
-		timesEqual(b.LastFailureTime, a.LastFailureTime) && timesEqual(b.FailingSince, a.FailingSince) {
-		return nil
-	}
-	return h.client.Status().Patch(ctx, ep, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	_, err := applyEndpointStatus(ctx, h.client, before, ep, fieldManagerHealth)
+	return err
 }
 
 // enable acts on the endpoint's enable token and spec: a new hookline.dev/enable
@@ -204,7 +199,7 @@ func (h *endpointHealth) patch(ctx context.Context, before, ep *hooklinev1.Webho
 // returns why it enabled the endpoint, or "".
 func (h *endpointHealth) enable(ctx context.Context, key types.NamespacedName) (string, error) {
 	why := ""
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.OnError(retry.DefaultRetry, isStaleWrite, func() error {
 		why = ""
 		var ep hooklinev1.WebhookEndpoint
 		if err := h.live.Get(ctx, key, &ep); err != nil {
@@ -251,13 +246,6 @@ func enableReason(ep *hooklinev1.WebhookEndpoint) string {
 		return "a change of its spec"
 	}
 	return ""
-}
-
-func timesEqual(a, b *metav1.Time) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(b)
 }
 
 func needsSuccessWrite(st *hooklinev1.WebhookEndpointStatus, now time.Time) bool {

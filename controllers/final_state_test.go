@@ -118,7 +118,7 @@ func newHandRig(t *testing.T, ns string) *handRig {
 		t: t, ns: ns, clock: clk, cached: cached, recorder: rec,
 		events: &EventReconciler{Client: cached, APIReader: k8s, Recorder: rec, Clock: clk, Gate: retention.NewGate(0),
 			wakeups: make(chan event.GenericEvent, 8)},
-		deliveries: newDeliveryReconciler(cached, secrets, health, rec, clk, Config{Sender: sender, MaxConcurrentDeliveries: 4}),
+		deliveries: newDeliveryReconciler(cached, secrets, health, rec, clk, Config{Sender: sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()}),
 		endpoints:  &EndpointReconciler{Client: cached, Secrets: secrets, Recorder: rec, Clock: clk, AllowInsecureHTTP: true},
 	}
 }
@@ -220,7 +220,7 @@ func (h *handRig) staleEvents(c client.Client) reconciler {
 }
 
 func (h *handRig) staleDeliveries(c client.Client) reconciler {
-	r := newDeliveryReconciler(c, h.deliveries.Secrets, h.deliveries.health, h.recorder, h.clock, Config{Sender: h.deliveries.Sender, MaxConcurrentDeliveries: 4})
+	r := newDeliveryReconciler(c, h.deliveries.Secrets, h.deliveries.health, h.recorder, h.clock, Config{Sender: h.deliveries.Sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()})
 	return r
 }
 
