@@ -23,7 +23,6 @@ import (
 // value answers.
 const rotatedForAnnotation = "hookline.dev/rotated-for"
 
-
 // secretOutcome is what ensureSigningSecret found.
 type secretOutcome struct {
 	problem      string        // for the user: Ready=False SecretInvalid

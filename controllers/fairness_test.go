@@ -1,10 +1,10 @@
 package controllers
 
 import (
-	"math/bits"
 	"context"
 	"fmt"
 	"io"
+	"math/bits"
 	"net/http"
 	"net/http/httptest"
 	"strings"
