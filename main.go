@@ -64,6 +64,18 @@ type options struct {
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{zapOpts: zap.Options{Development: false}}
+	fs := o.flagSet()
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// flagSet binds every flag of the manager to o (docs_test reads it too).
+func (o *options) flagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address of the metrics endpoint (\"0\" disables it)")
 	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS with authentication and authorization; false serves plain HTTP (local use)")
@@ -95,28 +107,30 @@ func parseFlags(args []string) (*options, error) {
 	if f := flag.CommandLine.Lookup("kubeconfig"); f != nil {
 		fs.Var(f.Value, f.Name, f.Usage)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+	return fs
+}
+
+// validate checks the flags' values together.
+func (o *options) validate() error {
 	if o.maxConcurrentDeliveries < 1 {
-		return nil, fmt.Errorf("--max-concurrent-deliveries must be at least 1")
+		return fmt.Errorf("--max-concurrent-deliveries must be at least 1")
 	}
 	if err := o.webhook.Validate(); err != nil {
-		return nil, err
+		return err
 	}
 	if o.kubeAPIQPS == 0 || o.kubeAPIBurst < 1 {
-		return nil, fmt.Errorf("--kube-api-qps must be positive, or negative for no client-side limit; --kube-api-burst must be positive")
+		return fmt.Errorf("--kube-api-qps must be positive, or negative for no client-side limit; --kube-api-burst must be positive")
 	}
 	if o.endpointMaxInFlight < 0 {
-		return nil, fmt.Errorf("--endpoint-max-in-flight must not be negative")
+		return fmt.Errorf("--endpoint-max-in-flight must not be negative")
 	}
 	if o.historySucceeded < 0 || o.historyFailed < 0 || o.historyEvents < 0 || o.retentionSucceeded < 0 || o.retentionFailed < 0 {
-		return nil, fmt.Errorf("retention ages and --history-* counts must not be negative (0: no limit)")
+		return fmt.Errorf("retention ages and --history-* counts must not be negative (0: no limit)")
 	}
 	if _, err := o.etcdBudget(); err != nil {
-		return nil, err
+		return err
 	}
-	return o, nil
+	return nil
 }
 
 // etcdBudget parses --max-etcd-bytes.

@@ -44,12 +44,13 @@ type healthDelta struct {
 type endpointHealth struct {
 	client  client.Client // writes status
 	live    client.Reader // reads the endpoint as it is now
+	metrics *Metrics
 	mu      sync.Mutex
 	pending map[types.NamespacedName]*healthDelta
 }
 
-func newEndpointHealth(c client.Client, live client.Reader) *endpointHealth {
-	return &endpointHealth{client: c, live: live, pending: map[types.NamespacedName]*healthDelta{}}
+func newEndpointHealth(c client.Client, live client.Reader, metrics *Metrics) *endpointHealth {
+	return &endpointHealth{client: c, live: live, metrics: metrics, pending: map[types.NamespacedName]*healthDelta{}}
 }
 
 // record notes an attempt's outcome. It reports whether the record should be written at
@@ -179,10 +180,16 @@ func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d 
 			}
 			if st.DisabledReason != "" {
 				st.DisabledGeneration = ep.Generation
-				logf.FromContext(ctx).V(1).Info("disabled", "endpoint", key, "reason", st.DisabledReason, "consecutiveFailures", st.ConsecutiveFailures)
 			}
 		}
-		return h.patch(ctx, before, &ep)
+		if err := h.patch(ctx, before, &ep); err != nil {
+			return err
+		}
+		if before.Status.DisabledReason == "" && st.DisabledReason != "" {
+			logf.FromContext(ctx).V(1).Info("disabled", "endpoint", key, "reason", st.DisabledReason, "consecutiveFailures", st.ConsecutiveFailures)
+			h.metrics.disabled.WithLabelValues(st.DisabledReason).Inc()
+		}
+		return nil
 	})
 }
 

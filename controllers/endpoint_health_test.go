@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"testing"
 	"time"
 
@@ -27,13 +28,13 @@ func healthEndpoint(autoDisableAfter time.Duration) *hooklinev1.WebhookEndpoint 
 // What record asks to write at once, and what it keeps for the next batch.
 func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 	t.Run("410 Gone is written at once", func(t *testing.T) {
-		h := newEndpointHealth(nil, nil)
+		h := newEndpointHealth(nil, nil, NewMetrics())
 		if !h.record(healthEndpoint(0), delivery.Gone, healthT0) {
 			t.Fatal("a 410 must be written at once: the endpoint is disabled")
 		}
 	})
 	t.Run("a plain failure waits for the batch", func(t *testing.T) {
-		h := newEndpointHealth(nil, nil)
+		h := newEndpointHealth(nil, nil, NewMetrics())
 		if h.record(healthEndpoint(0), delivery.Retry, healthT0) {
 			t.Fatal("a failure without autoDisableAfter is batched")
 		}
@@ -42,7 +43,7 @@ func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 		}
 	})
 	t.Run("autoDisableAfter counts from status.failingSince", func(t *testing.T) {
-		h := newEndpointHealth(nil, nil)
+		h := newEndpointHealth(nil, nil, NewMetrics())
 		ep := healthEndpoint(time.Hour)
 		since := metav1.NewTime(healthT0.Add(-59 * time.Minute))
 		ep.Status.FailingSince, ep.Status.ConsecutiveFailures = &since, 40
@@ -54,13 +55,13 @@ func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 		}
 	})
 	t.Run("an invalid payload is nothing the receiver did", func(t *testing.T) {
-		h := newEndpointHealth(nil, nil)
+		h := newEndpointHealth(nil, nil, NewMetrics())
 		if h.record(healthEndpoint(0), delivery.Invalid, healthT0) || h.hasPending(healthEndpoint(0)) {
 			t.Fatal("an invalid payload must not count against the endpoint")
 		}
 	})
 	t.Run("a recent success of a healthy endpoint writes nothing", func(t *testing.T) {
-		h := newEndpointHealth(nil, nil)
+		h := newEndpointHealth(nil, nil, NewMetrics())
 		ep := healthEndpoint(0)
 		recent := metav1.NewTime(healthT0.Add(-10 * time.Second))
 		ep.Status.LastSuccessTime = &recent
@@ -86,7 +87,8 @@ func TestHealthRecordIsWrittenAndEnabled(t *testing.T) {
 	}
 	ep := newEndpoint(ns, "ep", "https://receiver.example/", "order.created")
 	createAll(ctx, t, ep)
-	h := newEndpointHealth(k8s, k8s)
+	metrics := NewMetrics()
+	h := newEndpointHealth(k8s, k8s, metrics)
 	key := types.NamespacedName{Namespace: ns, Name: "ep"}
 	live := func() *hooklinev1.WebhookEndpoint { return getEndpoint(ctx, t, ns, "ep") }
 
@@ -124,6 +126,9 @@ func TestHealthRecordIsWrittenAndEnabled(t *testing.T) {
 	}
 	if got := live().Status.DisabledGeneration; got != live().Generation {
 		t.Fatalf("disabledGeneration %d", got)
+	}
+	if n := testutil.ToFloat64(metrics.disabled.WithLabelValues(hooklinev1.DisabledEndpointGone)); n != 1 {
+		t.Fatalf("hookline_endpoints_disabled_total{EndpointGone} = %v after two 410s, want 1: disabled once", n)
 	}
 
 	patched(t, live(), func(e *hooklinev1.WebhookEndpoint) {

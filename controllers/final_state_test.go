@@ -112,7 +112,7 @@ func newHandRig(t *testing.T, ns string) *handRig {
 	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC))
 	rec := &countingRecorder{}
 	secrets := SecretReader{Cached: cached, User: NewUserSecretCache(k8s)}
-	health := newEndpointHealth(cached, k8s)
+	health := newEndpointHealth(cached, k8s, NewMetrics())
 	sender := delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"})
 	return &handRig{
 		t: t, ns: ns, clock: clk, cached: cached, recorder: rec,

@@ -22,6 +22,7 @@ type Metrics struct {
 	archived        prometheus.Counter
 	archiveErrors   prometheus.Counter
 	archiveUp       prometheus.Gauge
+	disabled        *prometheus.CounterVec
 }
 
 // NewMetrics builds a manager's metrics, registered nowhere yet.
@@ -62,13 +63,17 @@ func NewMetrics() *Metrics {
 			Name: "hookline_archive_up",
 			Help: "1 when the last archive write succeeded, 0 when it failed (nothing is pruned until it succeeds again).",
 		}),
+		disabled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookline_endpoints_disabled_total",
+			Help: "Endpoints disabled automatically, by reason: EndpointGone (410), FailingTooLong (spec.autoDisableAfter).",
+		}, []string{"reason"}),
 	}
 }
 
 // collectors are every metric of the manager, for registration.
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.completed, m.attemptDuration, m.latency, m.pruned, m.retained,
-		m.archived, m.archiveErrors, m.archiveUp}
+		m.archived, m.archiveErrors, m.archiveUp, m.disabled}
 }
 
 // Register registers the metrics on r (controller-runtime's metrics.Registry in main).

@@ -67,7 +67,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	}
 	recorder := mgr.GetEventRecorder("hookline")
 	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
-	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader())
+	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader(), cfg.Metrics)
 	if err := mgr.Add(health); err != nil {
 		return err
 	}

@@ -121,7 +121,7 @@ type WebhookDeliveryStatus struct {
 	// +optional
 	LastHandledRetry string `json:"lastHandledRetry,omitempty"`
 	// Conditions: Succeeded (True: Delivered; Unknown: Retrying, Waiting; False:
-	// MaxAttempts, EndpointGone, EndpointDeleted, EndpointDisabled, BlockedAddress,
+	// MaxAttemptsReached, EndpointGone, EndpointDeleted, EndpointDisabled, BlockedAddress,
 	// BadPayload), with a message that says what happened and what to do.
 	// +optional
 	// +listType=map

@@ -68,7 +68,9 @@ type WebhookEventStatus struct {
 	// CompletionTime is when every delivery had finished.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
-	// Conditions: Complete (AllSucceeded, SomeFailed, NoEndpoints).
+	// Conditions: Complete. True: AllSucceeded, SomeFailed, NoEndpoints, or
+	// InvalidPayload (refused once, nothing delivered); False: InProgress, or
+	// WaitingForBudget (the fan-out waits for room in the manager's etcd budget).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
