@@ -13,7 +13,8 @@ import (
 // Archiver keeps finished deliveries beyond the cluster: the pruner writes a unit
 // there before it deletes it, and deletes nothing it could not write.
 type Archiver interface {
-	Write(ctx context.Context, deliveries []archive.Delivery, payloads []archive.Payload) error
+	// Write returns how many of the deliveries were not in the archive yet.
+	Write(ctx context.Context, deliveries []archive.Delivery, payloads []archive.Payload) (int, error)
 	DropBefore(ctx context.Context, cutoff time.Time) ([]string, error)
 }
 

@@ -149,12 +149,12 @@ type crashAfterWrite struct {
 	crash func()
 }
 
-func (c *crashAfterWrite) Write(ctx context.Context, ds []archive.Delivery, ps []archive.Payload) error {
-	if err := c.Store.Write(ctx, ds, ps); err != nil {
-		return err
+func (c *crashAfterWrite) Write(ctx context.Context, ds []archive.Delivery, ps []archive.Payload) (int, error) {
+	if _, err := c.Store.Write(ctx, ds, ps); err != nil {
+		return 0, err
 	}
 	c.once.Do(c.crash)
-	return errors.New("the manager died after writing")
+	return 0, errors.New("the manager died after writing")
 }
 
 // A manager that dies between the archive write and the deletes loses nothing and

@@ -297,7 +297,7 @@ func (p *Pruner) archived(ctx context.Context, jobs []pruneJob) []pruneJob {
 			end++
 		}
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := p.Archive.Write(wctx, deliveries, payloads)
+		added, err := p.Archive.Write(wctx, deliveries, payloads)
 		cancel()
 		if err != nil {
 			p.Metrics.archiveErrors.Inc()
@@ -313,7 +313,9 @@ func (p *Pruner) archived(ctx context.Context, jobs []pruneJob) []pruneJob {
 		}
 		p.archiveFailing = false
 		p.Metrics.archiveUp.Set(1)
-		p.Metrics.archived.Add(float64(len(deliveries)))
+		// A unit written again (after an outage, or still in the cache after its delete)
+		// is counted once.
+		p.Metrics.archived.Add(float64(added))
 		done = end
 	}
 	return jobs[:done]

@@ -158,13 +158,14 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // Write stores deliveries and payloads in one transaction. A delivery already stored
 // (same UID and completion) and a payload already stored are left as they are, so a
-// write repeated after a crash duplicates nothing.
-func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Payload) error {
+// write repeated after a crash duplicates nothing. It returns how many deliveries were
+// new.
+func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Payload) (int, error) {
 	if len(deliveries) == 0 && len(payloads) == 0 {
-		return nil
+		return 0, nil
 	}
 	if err := s.ready(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	days := map[string]time.Time{}
 	for _, d := range deliveries {
@@ -175,10 +176,12 @@ func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Pay
 	}
 	for partition, t := range days {
 		if err := s.ensurePartition(ctx, partition, t); err != nil {
-			return err
+			return 0, err
 		}
 	}
+	added := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		added = 0
 		b := &pgx.Batch{}
 		for _, p := range payloads {
 			b.Queue(`INSERT INTO hookline_payloads (event_uid, created_at, namespace, event_name, payload)
@@ -202,9 +205,27 @@ func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Pay
 				d.UID, d.FinishedAt, d.Namespace, d.Name, d.Endpoint, d.EventType, d.MessageID,
 				eventUID, eventName, d.Phase, d.Attempts, d.SignatureScheme, d.CreatedAt, string(history), payload)
 		}
-		return tx.SendBatch(ctx, b).Close()
+		results := tx.SendBatch(ctx, b)
+		for range payloads {
+			if _, err := results.Exec(); err != nil {
+				_ = results.Close()
+				return err
+			}
+		}
+		for range deliveries {
+			tag, err := results.Exec()
+			if err != nil {
+				_ = results.Close()
+				return err
+			}
+			added += int(tag.RowsAffected()) // 0: archived before (a rewrite after an outage)
+		}
+		return results.Close()
 	})
-	return redact(err, s.dsn)
+	if err != nil {
+		return 0, redact(err, s.dsn)
+	}
+	return added, nil
 }
 
 func dayOf(t time.Time) string { return "_" + t.UTC().Format("20060102") }

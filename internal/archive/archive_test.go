@@ -74,9 +74,13 @@ func TestWriteIsIdempotentAndListedNewestFirst(t *testing.T) {
 	deliveries := []Delivery{delivery(ns, 1, now.Add(-2*time.Minute), event), delivery(ns, 2, now.Add(-time.Minute), event), delivery(ns, 3, now, "")}
 	deliveries[1].Endpoint, deliveries[1].Phase = "globex", "Exhausted"
 	payloads := []Payload{{EventUID: event, CreatedAt: now.Add(-3 * time.Minute), Namespace: ns, EventName: "order-1", Payload: json.RawMessage(`{"order":1}`)}}
-	for range 2 {
-		if err := s.Write(ctx, deliveries, payloads); err != nil {
+	for i, want := range []int{3, 0} { // the second write adds nothing, and says so
+		added, err := s.Write(ctx, deliveries, payloads)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if added != want {
+			t.Fatalf("write %d added %d deliveries, want %d", i+1, added, want)
 		}
 	}
 	got, err := s.List(ctx, Filter{Namespace: ns})
@@ -133,7 +137,7 @@ func TestDropBeforeDropsWholeDays(t *testing.T) {
 	s := open(t)
 	ns := "retention"
 	now := time.Now().UTC()
-	if err := s.Write(ctx, []Delivery{delivery(ns, 1, now.Add(-40*24*time.Hour), ""), delivery(ns, 2, now, "")}, nil); err != nil {
+	if _, err := s.Write(ctx, []Delivery{delivery(ns, 1, now.Add(-40*24*time.Hour), ""), delivery(ns, 2, now, "")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	dropped, err := s.DropBefore(ctx, now.Add(-30*24*time.Hour))
@@ -151,7 +155,7 @@ func TestDropBeforeDropsWholeDays(t *testing.T) {
 		t.Fatalf("left %+v, want d-2 only", got)
 	}
 	// The day can be written again (a late delivery): its partition is made anew.
-	if err := s.Write(ctx, []Delivery{delivery(ns, 3, now.Add(-40*24*time.Hour), "")}, nil); err != nil {
+	if _, err := s.Write(ctx, []Delivery{delivery(ns, 3, now.Add(-40*24*time.Hour), "")}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

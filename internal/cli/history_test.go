@@ -43,7 +43,7 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 		}
 		return d
 	}
-	if err := store.Write(ctx, []archive.Delivery{
+	if _, err := store.Write(ctx, []archive.Delivery{
 		delivered(ns, "order-1", "Succeeded", now.Add(-time.Hour), 503, 200),
 		delivered(ns, "order-2", "Exhausted", now.Add(-time.Minute), 500, 500, 500),
 		delivered(other, "order-9", "Succeeded", now, 200),

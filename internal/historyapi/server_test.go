@@ -92,7 +92,7 @@ func TestHistoryIsAuthorisedByTheCluster(t *testing.T) {
 	testenv.Needs(t)
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	if err := store.Write(ctx, []archive.Delivery{archived("shop", 1, now.Add(-time.Minute)), archived("shop", 2, now), archived("bank", 3, now)}, nil); err != nil {
+	if _, err := store.Write(ctx, []archive.Delivery{archived("shop", 1, now.Add(-time.Minute)), archived("shop", 2, now), archived("bank", 3, now)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	reader := token(t, "shop", "support", listDeliveries)
