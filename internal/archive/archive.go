@@ -7,16 +7,15 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookline/hookline/internal/pgmigrate"
 )
 
 //go:embed migrations/*.sql
@@ -116,44 +115,10 @@ func (s *Store) Close() { s.pool.Close() }
 // Ping reports whether the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
-// migrate applies the embedded migrations in order, each once, under an advisory lock
-// so that two managers starting together do not race.
+// migrate applies the embedded migrations (versions as named, without a prefix: the
+// archive's came first).
 func (s *Store) migrate(ctx context.Context) error {
-	names, err := fs.Glob(migrations, "migrations/*.sql")
-	if err != nil {
-		return err
-	}
-	slices.Sort(names)
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7311969001)`); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS hookline_schema_migrations (
-			version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-			return err
-		}
-		for _, name := range names {
-			version := strings.TrimSuffix(strings.TrimPrefix(name, "migrations/"), ".sql")
-			var done bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM hookline_schema_migrations WHERE version = $1)`, version).Scan(&done); err != nil {
-				return err
-			}
-			if done {
-				continue
-			}
-			sql, err := migrations.ReadFile(name)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, string(sql)); err != nil {
-				return fmt.Errorf("%s: %w", version, err)
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO hookline_schema_migrations (version) VALUES ($1)`, version); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return pgmigrate.Apply(ctx, s.pool, migrations, "migrations/*.sql", "")
 }
 
 // Write stores deliveries and payloads in one transaction. A delivery already stored
@@ -288,12 +253,4 @@ func (s *Store) DropBefore(ctx context.Context, cutoff time.Time) ([]string, err
 }
 
 // redact keeps the DSN (and its password) out of an error message.
-func redact(err error, dsn string) error {
-	if err == nil {
-		return nil
-	}
-	if dsn != "" && strings.Contains(err.Error(), dsn) {
-		return errors.New(strings.ReplaceAll(err.Error(), dsn, "<dsn>"))
-	}
-	return err
-}
+func redact(err error, dsn string) error { return pgmigrate.Redact(err, dsn) }

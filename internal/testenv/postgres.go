@@ -9,9 +9,12 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Postgres is a throwaway PostgreSQL cluster for tests: Debian's postgresql package
@@ -124,4 +127,18 @@ func (p *Postgres) Stop() error {
 // Remove stops the server and deletes its files.
 func (p *Postgres) Remove() error {
 	return errors.Join(p.Stop(), os.RemoveAll(p.dir))
+}
+
+// Database creates a database of its own on the cluster (one per test keeps parallel
+// tests apart) and returns its DSN.
+func (p *Postgres) Database(ctx context.Context, name string) (string, error) {
+	conn, err := pgx.Connect(ctx, p.DSN)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	return strings.Replace(p.DSN, "/hookline?", "/"+name+"?", 1), nil
 }

@@ -1,0 +1,399 @@
+// Package postgres is the delivery queue in PostgreSQL, for the users who outgrow etcd:
+// an event and its fan-out in one transaction (the payload stored once), due
+// deliveries claimed with FOR UPDATE SKIP LOCKED and a lease, outcomes written in
+// group commits, LISTEN/NOTIFY wake-ups. Finished rows stay as the history.
+//
+// Why not River: hookline's queue rows are the delivery history users read by
+// namespace, endpoint and phase, with the payload stored once per event and fanned out
+// to many rows; River's jobs are opaque JSON args, one payload per job, and its job
+// table is not a history to query. The machinery needed here is small: one claim
+// query, one batched update, one LISTEN.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookline/hookline/internal/pgmigrate"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// wakeChannel is the NOTIFY channel of new due work.
+const wakeChannel = "hookline_due"
+
+// States of a queued delivery: the WebhookDelivery phases.
+const (
+	StatePending   = "Pending"
+	StateRetrying  = "Retrying"
+	StateSucceeded = "Succeeded"
+	StateFailed    = "Failed"
+	StateExhausted = "Exhausted"
+)
+
+// Event is a published event and the endpoints it fans out to.
+type Event struct {
+	Namespace, Name string
+	UID             string // of the WebhookEvent, or one the publisher chose: the message id derives from it
+	Type            string
+	Payload         []byte // the exact bytes every attempt sends
+	MessageID       string
+	Endpoints       []string
+}
+
+// Claim is a due delivery a worker holds until its lease ends.
+type Claim struct {
+	ID                   int64
+	Namespace, EventName string
+	Endpoint             string
+	EventType            string
+	MessageID            string
+	Payload              []byte
+	Attempts             int32
+	CreatedAt            time.Time
+}
+
+// Attempt is one attempt as the history keeps it.
+type Attempt struct {
+	Time       time.Time `json:"time"`
+	DurationMs int64     `json:"durationMs,omitempty"`
+	StatusCode int32     `json:"statusCode,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Response   string    `json:"response,omitempty"`
+}
+
+// Outcome is what became of a claim: its new state, and the attempt if one was made.
+type Outcome struct {
+	ID       int64
+	State    string
+	Attempts int32
+	DueAt    time.Time // the next attempt (unfinished states)
+	Reason   string
+	Attempt  *Attempt // nil: no request was sent (a wait, a refusal)
+}
+
+// Queue is the delivery queue.
+type Queue struct {
+	pool *pgxpool.Pool
+	dsn  string
+}
+
+// Open connects and applies the queue's migrations.
+func Open(ctx context.Context, dsn string) (*Queue, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("delivery queue: the DSN does not parse (%s)", pgmigrate.Redact(err, dsn))
+	}
+	cfg.MaxConns = max(cfg.MaxConns, 8)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("delivery queue: %w", pgmigrate.Redact(err, dsn))
+	}
+	if err := pgmigrate.Apply(ctx, pool, migrations, "migrations/*.sql", "queue_"); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("delivery queue migrations: %w", pgmigrate.Redact(err, dsn))
+	}
+	return &Queue{pool: pool, dsn: dsn}, nil
+}
+
+// Close closes the connections.
+func (q *Queue) Close() { q.pool.Close() }
+
+// Ping reports whether the database answers.
+func (q *Queue) Ping(ctx context.Context) error { return q.redact(q.pool.Ping(ctx)) }
+
+func (q *Queue) redact(err error) error { return pgmigrate.Redact(err, q.dsn) }
+
+// Publish stores events and their deliveries in one transaction, and wakes idle
+// workers when it commits. An event whose (namespace, name) is stored already is left
+// as it is, deliveries and all: publishing is idempotent by name. It returns how many
+// deliveries were queued.
+func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	queued := 0
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		queued = 0
+		b := &pgx.Batch{}
+		for _, e := range events {
+			b.Queue(`WITH ev AS (
+				INSERT INTO hookline_queue_events (namespace, name, uid, event_type, payload)
+				VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING namespace, name)
+				INSERT INTO hookline_queue_deliveries (namespace, event_name, endpoint, message_id)
+				SELECT ev.namespace, ev.name, ep, $6 FROM ev, unnest($7::text[]) AS ep`,
+				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints)
+		}
+		results := tx.SendBatch(ctx, b)
+		for range events {
+			tag, err := results.Exec()
+			if err != nil {
+				_ = results.Close()
+				return err
+			}
+			queued += int(tag.RowsAffected())
+		}
+		if err := results.Close(); err != nil {
+			return err
+		}
+		if queued > 0 {
+			_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, wakeChannel)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, q.redact(err)
+	}
+	return queued, nil
+}
+
+// Claim leases up to limit due deliveries to owner for lease. A delivery whose lease
+// ended unrecorded (its holder died) is due again, with the same message id and body.
+func (q *Queue) Claim(ctx context.Context, owner string, limit int, lease time.Duration) ([]Claim, error) {
+	rows, err := q.pool.Query(ctx, `WITH due AS (
+			SELECT id FROM hookline_queue_deliveries
+			WHERE finished_at IS NULL AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+			ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+		UPDATE hookline_queue_deliveries d SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+		FROM due, hookline_queue_events e
+		WHERE d.id = due.id AND e.namespace = d.namespace AND e.name = d.event_name
+		RETURNING d.id, d.namespace, d.event_name, d.endpoint, e.event_type, d.message_id, e.payload, d.attempts, e.created_at`,
+		limit, owner, lease.Seconds())
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	claims, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Claim, error) {
+		var c Claim
+		err := row.Scan(&c.ID, &c.Namespace, &c.EventName, &c.Endpoint, &c.EventType, &c.MessageID, &c.Payload, &c.Attempts, &c.CreatedAt)
+		return c, err
+	})
+	return claims, q.redact(err)
+}
+
+// ErrLeaseLost: the outcome was not written because the claim's lease had ended and
+// another worker claimed the delivery (the attempt may be made twice: at least once).
+var ErrLeaseLost = errors.New("the claim's lease ended before its outcome was written")
+
+// Record writes outcomes of owner's claims in one transaction (a group commit). It
+// returns, per outcome, nil or ErrLeaseLost.
+func (q *Queue) Record(ctx context.Context, owner string, outcomes []Outcome) ([]error, error) {
+	results := make([]error, len(outcomes))
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, o := range outcomes {
+			var attempt []byte
+			if o.Attempt != nil {
+				raw, err := json.Marshal([]Attempt{*o.Attempt})
+				if err != nil {
+					return err
+				}
+				attempt = raw
+			}
+			var finished any
+			if o.State == StateSucceeded || o.State == StateFailed || o.State == StateExhausted {
+				finished = time.Now()
+			}
+			var status int32
+			if o.Attempt != nil {
+				status = o.Attempt.StatusCode
+			}
+			// The history keeps the last ten attempts.
+			b.Queue(`UPDATE hookline_queue_deliveries SET state = $3, attempts = $4, due_at = $5, reason = $6,
+					lease_owner = NULL, lease_until = NULL, finished_at = $7,
+					response_status = CASE WHEN $8::jsonb IS NULL THEN response_status ELSE $9 END,
+					history = CASE WHEN $8::jsonb IS NULL THEN history
+						WHEN jsonb_array_length(history) >= 10 THEN (history - 0) || $8::jsonb
+						ELSE history || $8::jsonb END
+				WHERE id = $1 AND lease_owner = $2`,
+				o.ID, owner, o.State, o.Attempts, o.DueAt, o.Reason, finished, attempt, status)
+		}
+		br := tx.SendBatch(ctx, b)
+		for i := range outcomes {
+			tag, err := br.Exec()
+			if err != nil {
+				_ = br.Close()
+				return err
+			}
+			results[i] = nil
+			if tag.RowsAffected() == 0 {
+				results[i] = ErrLeaseLost
+			}
+		}
+		return br.Close()
+	})
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	return results, nil
+}
+
+// Wakeups delivers a value when new work is published (LISTEN/NOTIFY), on a
+// connection of its own, until ctx ends; after a lost connection it listens again,
+// and sends a wakeup then, since a notification may have been missed.
+func (q *Queue) Wakeups(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	wake := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			conn, err := q.pool.Acquire(ctx)
+			if err == nil {
+				if _, err = conn.Exec(ctx, "LISTEN "+wakeChannel); err == nil {
+					wake()
+					for {
+						if _, err = conn.Conn().WaitForNotification(ctx); err != nil {
+							break
+						}
+						wake()
+					}
+				}
+				conn.Release()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return out
+}
+
+// Delivery is a queued delivery as users read it.
+type Delivery struct {
+	ID             int64
+	Namespace      string
+	EventName      string
+	Endpoint       string
+	EventType      string
+	MessageID      string
+	State          string
+	Attempts       int32
+	ResponseStatus int32
+	Reason         string
+	DueAt          time.Time
+	CreatedAt      time.Time
+	FinishedAt     *time.Time
+	History        []Attempt
+}
+
+// Deliveries lists a namespace's deliveries, newest first (at most limit).
+func (q *Queue) Deliveries(ctx context.Context, namespace string, limit int) ([]Delivery, error) {
+	rows, err := q.pool.Query(ctx, `SELECT d.id, d.namespace, d.event_name, d.endpoint, e.event_type, d.message_id, d.state,
+			d.attempts, d.response_status, d.reason, d.due_at, d.created_at, d.finished_at, d.history
+		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name
+		WHERE d.namespace = $1 ORDER BY d.created_at DESC, d.id DESC LIMIT $2`, namespace, limit)
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Delivery, error) {
+		var d Delivery
+		var history []byte
+		if err := row.Scan(&d.ID, &d.Namespace, &d.EventName, &d.Endpoint, &d.EventType, &d.MessageID, &d.State,
+			&d.Attempts, &d.ResponseStatus, &d.Reason, &d.DueAt, &d.CreatedAt, &d.FinishedAt, &history); err != nil {
+			return d, err
+		}
+		return d, json.Unmarshal(history, &d.History)
+	})
+	return out, q.redact(err)
+}
+
+// Recorder batches outcomes into group commits: a worker's Record waits for the
+// commit that carries its outcome, and one commit carries up to maxBatch outcomes
+// gathered for at most maxWait, so a busy queue pays one round trip per batch.
+type Recorder struct {
+	q        *Queue
+	owner    string
+	maxBatch int
+	maxWait  time.Duration
+
+	in      chan recordRequest
+	commits atomic.Int64
+}
+
+type recordRequest struct {
+	outcome Outcome
+	done    chan error
+}
+
+// NewRecorder returns a recorder of owner's outcomes; Run must be running.
+func NewRecorder(q *Queue, owner string, maxBatch int, maxWait time.Duration) *Recorder {
+	return &Recorder{q: q, owner: owner, maxBatch: maxBatch, maxWait: maxWait, in: make(chan recordRequest, maxBatch*4)}
+}
+
+// Commits is how many group commits the recorder made.
+func (r *Recorder) Commits() int64 { return r.commits.Load() }
+
+// Record writes an outcome in the next group commit and returns its result.
+func (r *Recorder) Record(ctx context.Context, o Outcome) error {
+	req := recordRequest{outcome: o, done: make(chan error, 1)}
+	select {
+	case r.in <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run commits batches until ctx ends.
+func (r *Recorder) Run(ctx context.Context) {
+	for {
+		var batch []recordRequest
+		select {
+		case <-ctx.Done():
+			return
+		case req := <-r.in:
+			batch = append(batch, req)
+		}
+		timer := time.NewTimer(r.maxWait)
+	gather:
+		for len(batch) < r.maxBatch {
+			select {
+			case req := <-r.in:
+				batch = append(batch, req)
+			case <-timer.C:
+				break gather
+			}
+		}
+		timer.Stop()
+		r.commit(ctx, batch)
+	}
+}
+
+func (r *Recorder) commit(ctx context.Context, batch []recordRequest) {
+	outcomes := make([]Outcome, len(batch))
+	for i, req := range batch {
+		outcomes[i] = req.outcome
+	}
+	// The commit outlives a cancelled manager for a moment: an attempt that was made
+	// is worth recording.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	results, err := r.q.Record(wctx, r.owner, outcomes)
+	r.commits.Add(1)
+	for i, req := range batch {
+		if err != nil {
+			req.done <- err
+		} else {
+			req.done <- results[i]
+		}
+	}
+}

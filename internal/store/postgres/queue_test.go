@@ -1,0 +1,271 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hookline/hookline/internal/testenv"
+)
+
+var pg *testenv.Postgres
+
+func TestMain(m *testing.M) {
+	var err error
+	if pg, err = testenv.StartPostgres(); err != nil {
+		os.Exit(testenv.Without(m, err))
+	}
+	code := m.Run()
+	_ = pg.Remove()
+	os.Exit(code)
+}
+
+// open gives each test a queue in a database of its own.
+func open(t *testing.T) *Queue {
+	t.Helper()
+	testenv.Needs(t)
+	dsn, err := pg.Database(context.Background(), strings.ToLower(t.Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	return q
+}
+
+func event(ns, name string, endpoints ...string) Event {
+	return Event{Namespace: ns, Name: name, UID: ns + "-" + name, Type: "order.created",
+		Payload: []byte(fmt.Sprintf(`{"order": %q}`, name)), MessageID: "msg_" + ns + name, Endpoints: endpoints}
+}
+
+// claimNS claims what is due (owner is suffixed with ns, as the tests record it).
+func claimNS(t *testing.T, q *Queue, owner, ns string, lease time.Duration) []Claim {
+	t.Helper()
+	claims, err := q.Claim(context.Background(), owner+"-"+ns, 1000, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return claims
+}
+
+func TestPublishIsIdempotentByName(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "publish"
+	n, err := q.Publish(ctx, []Event{event(ns, "e1", "a", "b", "c"), event(ns, "e2", "a")})
+	if err != nil || n != 4 {
+		t.Fatalf("queued %d (%v), want 4", n, err)
+	}
+	again := event(ns, "e1", "a", "b", "c", "d")
+	again.Payload = []byte(`{"changed": true}`)
+	if n, err := q.Publish(ctx, []Event{again}); err != nil || n != 0 {
+		t.Fatalf("publishing e1 again queued %d (%v), want 0", n, err)
+	}
+	var payloads int
+	if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM hookline_queue_events WHERE namespace = $1`, ns).Scan(&payloads); err != nil {
+		t.Fatal(err)
+	}
+	if payloads != 2 {
+		t.Fatalf("%d payload rows for two events fanned out to four deliveries, want 2: one per event", payloads)
+	}
+	ds, err := q.Deliveries(ctx, ns, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 4 {
+		t.Fatalf("%d deliveries, want 4", len(ds))
+	}
+	for _, d := range ds {
+		if d.State != StatePending || d.MessageID != "msg_"+ns+d.EventName {
+			t.Fatalf("%+v", d)
+		}
+	}
+}
+
+// Two workers claim side by side: every delivery is claimed once.
+func TestConcurrentClaimsNeverShareADelivery(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "claims"
+	var events []Event
+	for i := range 100 {
+		events = append(events, event(ns, fmt.Sprintf("e%d", i), "a", "b"))
+	}
+	if _, err := q.Publish(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	claimedBy := map[int64]string{}
+	var wg sync.WaitGroup
+	for _, owner := range []string{"one", "two"} {
+		wg.Go(func() {
+			for {
+				claims, err := q.Claim(ctx, owner, 7, time.Minute) // small claims, so that both interleave
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(claims) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, c := range claims {
+					if other, dup := claimedBy[c.ID]; dup {
+						t.Errorf("delivery %d claimed by %s and %s", c.ID, other, owner)
+					}
+					claimedBy[c.ID] = owner
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(claimedBy) != 200 {
+		t.Fatalf("%d of 200 deliveries claimed", len(claimedBy))
+	}
+	perOwner := map[string]int{}
+	for _, o := range claimedBy {
+		perOwner[o]++
+	}
+	t.Logf("claimed per worker: %v", perOwner)
+}
+
+// A claim whose holder died is claimed again after its lease, with the same message id
+// and body; the late holder's record is refused.
+func TestAnAbandonedClaimIsClaimedAgainWithTheSameMessage(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "lease"
+	if _, err := q.Publish(ctx, []Event{event(ns, "e1", "a")}); err != nil {
+		t.Fatal(err)
+	}
+	first := claimNS(t, q, "dead", ns, time.Second)
+	if len(first) != 1 {
+		t.Fatalf("claimed %d", len(first))
+	}
+	if again := claimNS(t, q, "other", ns, time.Minute); len(again) != 0 {
+		t.Fatal("a leased delivery was claimed again before its lease ended")
+	}
+	var second []Claim
+	deadline := time.Now().Add(10 * time.Second)
+	for len(second) == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond) // the lease is measured by the database's clock
+		second = claimNS(t, q, "other", ns, time.Minute)
+	}
+	if len(second) != 1 {
+		t.Fatal("the abandoned claim was not claimed again after its lease")
+	}
+	if second[0].ID != first[0].ID || second[0].MessageID != first[0].MessageID || !bytes.Equal(second[0].Payload, first[0].Payload) {
+		t.Fatalf("claimed again as %+v, first as %+v: the same message id and bytes are owed", second[0], first[0])
+	}
+	results, err := q.Record(ctx, "dead-"+ns, []Outcome{{ID: first[0].ID, State: StateSucceeded, Attempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(results[0], ErrLeaseLost) {
+		t.Fatalf("the dead holder's late record: %v, want ErrLeaseLost", results[0])
+	}
+	results, err = q.Record(ctx, "other-"+ns, []Outcome{{ID: first[0].ID, State: StateSucceeded, Attempts: 1,
+		Attempt: &Attempt{Time: time.Now(), StatusCode: 200}}})
+	if err != nil || results[0] != nil {
+		t.Fatalf("the holder's record: %v %v", err, results)
+	}
+	ds, _ := q.Deliveries(ctx, ns, 1)
+	if ds[0].State != StateSucceeded || ds[0].FinishedAt == nil || len(ds[0].History) != 1 || ds[0].ResponseStatus != 200 {
+		t.Fatalf("recorded %+v", ds[0])
+	}
+}
+
+// Outcomes are committed in batches; a retry is a row with a due time, and the
+// history keeps the last ten attempts.
+func TestRecorderCommitsInBatchesAndRetriesAreDue(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := "record"
+	var events []Event
+	for i := range 50 {
+		events = append(events, event(ns, fmt.Sprintf("e%d", i), "a"))
+	}
+	if _, err := q.Publish(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	owner := "w"
+	claims := claimNS(t, q, owner, ns, time.Minute)
+	if len(claims) != 50 {
+		t.Fatalf("claimed %d", len(claims))
+	}
+	rec := NewRecorder(q, owner+"-"+ns, 64, 5*time.Millisecond)
+	go rec.Run(ctx)
+	later := time.Now().Add(time.Hour)
+	var wg sync.WaitGroup
+	for _, c := range claims {
+		wg.Go(func() {
+			if err := rec.Record(ctx, Outcome{ID: c.ID, State: StateRetrying, Attempts: 1, DueAt: later,
+				Attempt: &Attempt{Time: time.Now(), StatusCode: 503}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := rec.Commits(); n >= 50 {
+		t.Fatalf("%d commits for 50 outcomes: not batched", n)
+	}
+	if again := claimNS(t, q, owner, ns, time.Minute); len(again) != 0 {
+		t.Fatalf("%d retries claimed before they are due", len(again))
+	}
+	// Eleven more attempts of one delivery: the history keeps ten.
+	id := claims[0].ID
+	for i := range 11 {
+		if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET lease_owner = $2 WHERE id = $1`, id, "w-"+ns); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Record(ctx, "w-"+ns, []Outcome{{ID: id, State: StateRetrying, Attempts: int32(i + 2), DueAt: later,
+			Attempt: &Attempt{Time: time.Now(), StatusCode: int32(500 + i)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, _ := q.Deliveries(ctx, ns, 100)
+	for _, d := range ds {
+		if d.ID == id && (len(d.History) != 10 || d.History[9].StatusCode != 510 || d.History[0].StatusCode != 501) {
+			t.Fatalf("history %+v, want the last ten (501..510)", d.History)
+		}
+	}
+}
+
+// An idle worker is woken by a publish within moments, not at a poll.
+func TestPublishWakesIdleWorkers(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wake := q.Wakeups(ctx)
+	select {
+	case <-wake: // the first wakeup says the listener is up
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener did not start")
+	}
+	published := time.Now()
+	if _, err := q.Publish(ctx, []Event{event("wake", "e1", "a")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-wake:
+		t.Logf("woken %v after the publish", time.Since(published))
+	case <-time.After(5 * time.Second):
+		t.Fatal("a publish did not wake the listener")
+	}
+}
