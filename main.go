@@ -31,6 +31,7 @@ import (
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/historyapi"
 	"github.com/hookline/hookline/internal/kubeclient"
+	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/version"
 )
 
@@ -49,6 +50,7 @@ type options struct {
 	historyEvents              int
 	maxEtcdBytes               string
 	archiveDSNFile             string
+	deliveryStore              string
 	archiveRetention           time.Duration
 	historyAddr                string
 	kubeAPIQPS                 float64
@@ -94,6 +96,7 @@ func (o *options) flagSet() *flag.FlagSet {
 	fs.IntVar(&o.historyEvents, "history-events-per-namespace", 20000, "finished WebhookEvents kept per namespace, those whose deliveries all succeeded pruned first (0: any number)")
 	fs.StringVar(&o.maxEtcdBytes, "max-etcd-bytes", "64Mi", "ceiling on the estimated etcd bytes of hookline's events and deliveries: finished ones are pruned from 75% of it, new fan-outs wait at 90% (a Kubernetes quantity; 0: no ceiling)")
 	fs.StringVar(&o.archiveDSNFile, "archive-postgres-dsn-file", "", "file holding a PostgreSQL DSN (a mounted Secret): finished deliveries are archived there before they are pruned, and nothing is pruned that could not be archived (default: no archive)")
+	fs.StringVar(&o.deliveryStore, "delivery-store", "kubernetes", "where deliveries are queued: kubernetes (WebhookDelivery objects in the API server) or postgres (the database of --archive-postgres-dsn-file; every replica delivers, nothing per delivery is written to the API server)")
 	fs.DurationVar(&o.archiveRetention, "archive-retention", 30*24*time.Hour, "how long the archive keeps deliveries; whole days are dropped")
 	fs.StringVar(&o.historyAddr, "history-bind-address", ":8444", "address of the archive's read-only history API (HTTPS; with an archive only; \"0\" disables it)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
@@ -130,6 +133,15 @@ func (o *options) validate() error {
 	if _, err := o.etcdBudget(); err != nil {
 		return err
 	}
+	switch o.deliveryStore {
+	case "kubernetes":
+	case "postgres":
+		if o.archiveDSNFile == "" {
+			return fmt.Errorf("--delivery-store=postgres needs the database: set --archive-postgres-dsn-file")
+		}
+	default:
+		return fmt.Errorf("--delivery-store %q: want kubernetes or postgres", o.deliveryStore)
+	}
 	return nil
 }
 
@@ -142,17 +154,39 @@ func (o *options) etcdBudget() (int64, error) {
 	return q.Value(), nil
 }
 
-// archive opens the archive named by --archive-postgres-dsn-file; nil without one.
-// The database may be down: the store connects, and migrates, on its first write.
-func (o *options) archive() (*archive.Store, error) {
+// dsn reads --archive-postgres-dsn-file; "" without one.
+func (o *options) dsn() (string, error) {
 	if o.archiveDSNFile == "" {
-		return nil, nil
+		return "", nil
 	}
 	raw, err := os.ReadFile(o.archiveDSNFile)
 	if err != nil {
-		return nil, fmt.Errorf("--archive-postgres-dsn-file: %w", err)
+		return "", fmt.Errorf("--archive-postgres-dsn-file: %w", err)
 	}
-	return archive.New(strings.TrimSpace(string(raw)))
+	return strings.TrimSpace(string(raw)), nil
+}
+
+// archive opens the archive named by --archive-postgres-dsn-file; nil without one.
+// The database may be down: the store connects, and migrates, on its first write.
+func (o *options) archive() (*archive.Store, error) {
+	dsn, err := o.dsn()
+	if err != nil || dsn == "" {
+		return nil, err
+	}
+	return archive.New(dsn)
+}
+
+// queue opens the PostgreSQL delivery store when --delivery-store=postgres; nil
+// otherwise. The manager does not start without its store.
+func (o *options) queue(ctx context.Context) (*pgstore.Queue, error) {
+	if o.deliveryStore != "postgres" {
+		return nil, nil
+	}
+	dsn, err := o.dsn()
+	if err != nil {
+		return nil, err
+	}
+	return pgstore.Open(ctx, dsn)
 }
 
 func (o *options) retention() controllers.Retention {
@@ -259,6 +293,10 @@ func run(ctx context.Context, o *options) error {
 			}
 		}
 	}
+	queue, err := o.queue(ctx)
+	if err != nil {
+		return err
+	}
 	managerMetrics := controllers.NewMetrics()
 	if err := managerMetrics.Register(ctrlmetrics.Registry); err != nil {
 		return err
@@ -273,6 +311,7 @@ func run(ctx context.Context, o *options) error {
 		Retention:               o.retention(),
 		Archive:                 archiver,
 		ArchiveRetention:        o.archiveRetention,
+		Queue:                   queue,
 		Namespaces:              cacheOpts.DefaultNamespaces,
 	}); err != nil {
 		return err

@@ -213,21 +213,10 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 		d.Status = deliverystate.Fail(d.Status, d.Generation, hooklinev1.ReasonBadPayload, err.Error(), now)
 		return delivery.Result{Outcome: delivery.Invalid}, nil
 	}
-	keys, err := loadSigningKeys(ctx, r.Client, ep, now)
-	var problem *secretProblem
-	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
-		return delivery.Result{}, &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
-	}
+	res, signature, err := signAndSend(ctx, r.Client, r.Secrets, r.Sender, ep, msg, now, done)
 	if err != nil {
 		return delivery.Result{}, err
 	}
-	req, signature, err := buildRequest(ctx, r.Secrets, ep, msg, keys, now)
-	if err != nil {
-		return delivery.Result{}, err
-	}
-
-	res := r.Sender.Send(ctx, req)
-	done() // the endpoint's in-flight slot is free once the receiver has answered
 	r.Metrics.observeAttempt(res)
 
 	d.Status = deliverystate.Next(d.Status, d.Generation, deliverystate.Attempt{At: now, Result: res, MessageID: msg.id, Signature: signature},
@@ -248,6 +237,28 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 // completionTime; on a conflict nothing is written and the watch brings the newer
 // version back. A sent attempt is recorded whatever changed meanwhile: an attempt is
 // never lost.
+// signAndSend signs the message with the endpoint's current keys and headers and sends
+// it once; done is called as soon as the receiver has answered. Both stores' senders
+// use it. An errWait says the attempt cannot be made yet.
+func signAndSend(ctx context.Context, c client.Reader, secrets SecretReader, sender delivery.Sender, ep *hooklinev1.WebhookEndpoint,
+	msg message, now time.Time, done func()) (delivery.Result, string, error) {
+	keys, err := loadSigningKeys(ctx, c, ep, now)
+	var problem *secretProblem
+	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
+		return delivery.Result{}, "", &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
+	}
+	if err != nil {
+		return delivery.Result{}, "", err
+	}
+	req, signature, err := buildRequest(ctx, secrets, ep, msg, keys, now)
+	if err != nil {
+		return delivery.Result{}, "", err
+	}
+	res := sender.Send(ctx, req)
+	done() // the endpoint's in-flight slot is free once the receiver has answered
+	return res, signature, nil
+}
+
 func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery, sent bool) error {
 	if equality.Semantic.DeepEqual(before.Status, d.Status) {
 		return nil

@@ -31,6 +31,7 @@ import (
 	"github.com/hookline/hookline/internal/conditions"
 	"github.com/hookline/hookline/internal/payload"
 	"github.com/hookline/hookline/internal/retention"
+	pgstore "github.com/hookline/hookline/internal/store/postgres"
 )
 
 // EventReconciler fans a WebhookEvent out to one WebhookDelivery per subscribed, ready
@@ -44,6 +45,8 @@ type EventReconciler struct {
 	Clock     clock.PassiveClock
 	// Gate admits a fan-out while the etcd byte budget has room for it.
 	Gate *retention.Gate
+	// Queue, when set, receives the fan-out instead of the API server (postgres mode).
+	Queue *pgstore.Queue
 	// wakeups carries the held events the pruner releases when room is made.
 	wakeups chan event.GenericEvent
 	// MaxConcurrent is the number of events reconciled at once.
@@ -72,7 +75,7 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if ev.Refused() {
+	if ev.Refused() || ev.Queued() {
 		return ctrl.Result{}, nil // final: nothing it is computed from can change
 	}
 	// A complete event is still counted on every change of its deliveries: a manual
@@ -89,6 +92,9 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		receivers, err := r.receivers(ctx, &ev)
 		if err != nil {
 			return ctrl.Result{}, err
+		}
+		if r.Queue != nil {
+			return ctrl.Result{}, r.enqueue(ctx, before, &ev, receivers, now)
 		}
 		if !r.admit(ctx, &ev, len(receivers), now) {
 			// The pruner wakes it when room is made; the requeue is a safety net.
@@ -119,6 +125,34 @@ func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		progress.lastWrite = r.Clock.Now()
 	}
 	return ctrl.Result{}, r.patchStatus(ctx, before, &ev)
+}
+
+// enqueue publishes the event and its fan-out into the PostgreSQL queue, in one
+// transaction, idempotent by the event's name: a second reconcile, a restart, or a
+// GitOps tool that re-applies the event after retention queues nothing again. The
+// event is then complete as far as the API server is concerned; the queue keeps the
+// deliveries and their fate (kubectl hookline deliveries).
+func (r *EventReconciler) enqueue(ctx context.Context, before, ev *hooklinev1.WebhookEvent, receivers []*hooklinev1.WebhookEndpoint, now time.Time) error {
+	endpoints := make([]string, len(receivers))
+	for i, ep := range receivers {
+		endpoints[i] = ep.Name
+	}
+	st := &ev.Status
+	st.MessageID = messageID(ev.UID)
+	if _, err := r.Queue.Publish(ctx, []pgstore.Event{{Namespace: ev.Namespace, Name: ev.Name, UID: string(ev.UID), Type: ev.Spec.Type,
+		Payload: ev.Spec.Payload.Raw, MessageID: st.MessageID, Endpoints: endpoints, CreatedAt: ev.CreationTimestamp.Time}}); err != nil {
+		return fmt.Errorf("publish into the delivery queue: %w", err)
+	}
+	n := int32(len(endpoints))
+	st.Deliveries = &hooklinev1.DeliveryCounts{Total: n, Pending: n}
+	if n == 0 {
+		setComplete(ev, now)
+	} else {
+		conditions.Set(&st.Conditions, ev.Generation, hooklinev1.ConditionComplete, metav1.ConditionTrue, hooklinev1.ReasonQueued,
+			fmt.Sprintf("%d deliveries queued in PostgreSQL; kubectl hookline deliveries shows their fate", n), now)
+		st.CompletionTime = &metav1.Time{Time: now}
+	}
+	return r.patchStatus(ctx, before, ev)
 }
 
 // heldRecheck is how often a held event asks again if no wakeup came.

@@ -79,3 +79,11 @@ func hangingServer(t *testing.T) (*httptest.Server, *atomic.Int32) {
 	t.Cleanup(func() { close(hang); srv.Close() })
 	return srv, inFlight
 }
+
+// newHandlerServer serves h on loopback until the test ends.
+func newHandlerServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/retention"
+	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/throttle"
 )
 
@@ -40,6 +42,12 @@ type Config struct {
 	Namespaces map[string]cache.Config
 	// Metrics are the manager's metrics; nil: a set of its own, registered nowhere.
 	Metrics *Metrics
+	// Queue, when set, is the PostgreSQL delivery store (--delivery-store=postgres):
+	// events are published into it and every replica delivers from it; nothing of a
+	// delivery is written to the API server.
+	Queue *pgstore.Queue
+	// QueueOwner names this process's claims on the queue.
+	QueueOwner string
 	// Clock is the reconcilers' clock; nil means the real one. Tests inject a fake one
 	// to show that nothing final is rewritten as time passes.
 	Clock clock.WithTicker
@@ -89,7 +97,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
 	gate := retention.NewGate(cfg.Retention.MaxBytes)
 	events := &EventReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Clock: clk, Gate: gate,
-		MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2), wakeups: make(chan event.GenericEvent, 1024)}
+		Queue: cfg.Queue, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2), wakeups: make(chan event.GenericEvent, 1024)}
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
@@ -97,6 +105,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention, Metrics: cfg.Metrics}); err != nil {
 		return err
 	}
+	if cfg.Queue != nil {
+		owner := cfg.QueueOwner
+		if owner == "" {
+			host, _ := os.Hostname()
+			owner = queueOwner(host)
+		}
+		if err := mgr.Add(newQueueSender(mgr.GetClient(), secrets, health, clk, cfg, owner)); err != nil {
+			return err
+		}
+	}
+	// WebhookDeliveries created directly (and send-test's) go through the API server in
+	// both modes.
 	deliveries := newDeliveryReconciler(mgr.GetClient(), secrets, health, recorder, clk, cfg)
 	if err := deliveries.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)

@@ -67,6 +67,9 @@ const (
 	// ReasonWaitingForBudget: the fan-out waits until the manager's etcd byte budget
 	// has room (--max-etcd-bytes).
 	ReasonWaitingForBudget = "WaitingForBudget"
+	// ReasonQueued: the fan-out is in the PostgreSQL delivery store
+	// (--delivery-store=postgres), which keeps the deliveries and their fate.
+	ReasonQueued = "Queued"
 	// ReasonInvalidPayload: the payload breaks the documented limits; the event is refused, once.
 	ReasonInvalidPayload = "InvalidPayload"
 )

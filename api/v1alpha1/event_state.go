@@ -9,9 +9,19 @@ func (e *WebhookEvent) FannedOut() bool {
 	return e.Status.MessageID != "" || e.Refused()
 }
 
+// Queued reports whether the event's fan-out went to the PostgreSQL delivery store,
+// which keeps its deliveries from then on: the event itself is final.
+func (e *WebhookEvent) Queued() bool {
+	return e.completeWith(ReasonQueued)
+}
+
 // Refused reports whether the event was refused for an invalid payload. A refusal is
 // final: nothing of the event changes after it, so it is never written again.
 func (e *WebhookEvent) Refused() bool {
+	return e.completeWith(ReasonInvalidPayload)
+}
+
+func (e *WebhookEvent) completeWith(reason string) bool {
 	c := meta.FindStatusCondition(e.Status.Conditions, ConditionComplete)
-	return c != nil && c.Status == "True" && c.Reason == ReasonInvalidPayload
+	return c != nil && c.Status == "True" && c.Reason == reason
 }

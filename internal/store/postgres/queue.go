@@ -48,6 +48,7 @@ type Event struct {
 	Payload         []byte // the exact bytes every attempt sends
 	MessageID       string
 	Endpoints       []string
+	CreatedAt       time.Time // when it was published: the body's timestamp (now when zero)
 }
 
 // Claim is a due delivery a worker holds until its lease ends.
@@ -127,11 +128,11 @@ func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
 		b := &pgx.Batch{}
 		for _, e := range events {
 			b.Queue(`WITH ev AS (
-				INSERT INTO hookline_queue_events (namespace, name, uid, event_type, payload)
-				VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING namespace, name)
+				INSERT INTO hookline_queue_events (namespace, name, uid, event_type, payload, created_at)
+				VALUES ($1, $2, $3, $4, $5, $8) ON CONFLICT DO NOTHING RETURNING namespace, name)
 				INSERT INTO hookline_queue_deliveries (namespace, event_name, endpoint, message_id)
 				SELECT ev.namespace, ev.name, ep, $6 FROM ev, unnest($7::text[]) AS ep`,
-				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints)
+				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints, publishedAt(e.CreatedAt))
 		}
 		results := tx.SendBatch(ctx, b)
 		for range events {
@@ -155,6 +156,13 @@ func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
 		return 0, q.redact(err)
 	}
 	return queued, nil
+}
+
+func publishedAt(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Now()
+	}
+	return t
 }
 
 // Claim leases up to limit due deliveries to owner for lease. A delivery whose lease

@@ -1,0 +1,235 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/backoff"
+	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/deliverystate"
+	wire "github.com/hookline/hookline/internal/message"
+	pgstore "github.com/hookline/hookline/internal/store/postgres"
+	"github.com/hookline/hookline/internal/throttle"
+)
+
+// QueueSender delivers from the PostgreSQL queue (--delivery-store=postgres). Every
+// replica runs one: claims are leased rows, so replicas share the work without a
+// leader. Signing, the address guard, the outcome state machine, the retry schedule,
+// the per-endpoint limits and the health record are the etcd store's own code.
+type QueueSender struct {
+	Client  client.Client // the manager's cache: endpoints and keyrings
+	Secrets SecretReader
+	Sender  delivery.Sender
+	Queue   *pgstore.Queue
+	// Owner names this replica's claims (unique per process).
+	Owner               string
+	MaxConcurrent       int
+	EndpointMaxInFlight int
+	Clock               clock.Clock
+	Metrics             *Metrics
+
+	health   *endpointHealth
+	throttle *throttle.Throttle
+	recorder *pgstore.Recorder
+}
+
+// Queue timings: how long a claim is held before another replica may take it (longer
+// than any attempt: timeoutSeconds is at most 60), how often due retries are looked
+// for when no wakeup comes, and how soon a delivery refused by its endpoint's limits
+// is tried again.
+const (
+	queueLease      = 2 * time.Minute
+	queuePoll       = 250 * time.Millisecond
+	queueDeferral   = 200 * time.Millisecond
+	queueWaitSecret = time.Minute
+	queueWaitReady  = 5 * time.Second
+)
+
+func newQueueSender(c client.Client, secrets SecretReader, health *endpointHealth, clk clock.Clock, cfg Config, owner string) *QueueSender {
+	s := &QueueSender{Client: c, Secrets: secrets, Sender: cfg.Sender, Queue: cfg.Queue, Owner: owner,
+		MaxConcurrent: max(cfg.MaxConcurrentDeliveries, 1), EndpointMaxInFlight: endpointShare(cfg), Clock: clk, Metrics: cfg.Metrics,
+		health: health, throttle: throttle.New(nil)}
+	// Group commit: up to 64 outcomes, or what 2 ms gathers, per transaction.
+	s.recorder = pgstore.NewRecorder(cfg.Queue, owner, 64, 2*time.Millisecond)
+	return s
+}
+
+// NeedLeaderElection: every replica delivers.
+func (s *QueueSender) NeedLeaderElection() bool { return false }
+
+// Start claims due deliveries while there are free workers, until ctx ends; it waits
+// for the attempts in flight to be recorded before it returns.
+func (s *QueueSender) Start(ctx context.Context) error {
+	log := logf.FromContext(ctx).WithName("queue")
+	recordCtx, stopRecording := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRecording()
+	go s.recorder.Run(recordCtx)
+	wake := s.Queue.Wakeups(ctx)
+	workers := make(chan struct{}, s.MaxConcurrent)
+	freed := make(chan struct{}, 1)
+	poll := time.NewTicker(queuePoll)
+	defer poll.Stop()
+	failing := false
+	for {
+		// Claim in batches: a quarter of the workers at least, unless woken.
+		if free := cap(workers) - len(workers); free > 0 {
+			claims, err := s.Queue.Claim(ctx, s.Owner, free, queueLease)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				if !failing {
+					log.Error(err, "claiming deliveries failed; retrying")
+				}
+				failing = true
+			case err == nil && failing:
+				log.Info("claiming deliveries works again")
+				failing = false
+			}
+			for _, c := range claims {
+				workers <- struct{}{}
+				go func() {
+					defer func() {
+						<-workers
+						select {
+						case freed <- struct{}{}:
+						default:
+						}
+					}()
+					s.deliver(ctx, c)
+				}()
+			}
+			if len(claims) == free && free > 0 {
+				continue // there may be more due
+			}
+		}
+		select {
+		case <-ctx.Done():
+			for range cap(workers) { // the attempts in flight are recorded first
+				workers <- struct{}{}
+			}
+			return nil
+		case <-wake:
+		case <-poll.C:
+		case <-freed:
+			if cap(workers)-len(workers) < max(cap(workers)/4, 1) {
+				continue
+			}
+		}
+	}
+}
+
+// deliver makes at most one attempt of a claimed delivery and records what became of it.
+func (s *QueueSender) deliver(ctx context.Context, c pgstore.Claim) {
+	out := s.attempt(ctx, c)
+	if err := s.recorder.Record(ctx, out); err != nil {
+		if errors.Is(err, pgstore.ErrLeaseLost) {
+			logf.FromContext(ctx).Info("a delivery's lease ended before its outcome was recorded; another replica tries it again",
+				"namespace", c.Namespace, "event", c.EventName, "endpoint", c.Endpoint)
+			return
+		}
+		logf.FromContext(ctx).Error(err, "recording a delivery's outcome failed; it is claimed again when its lease ends",
+			"namespace", c.Namespace, "event", c.EventName, "endpoint", c.Endpoint)
+	}
+}
+
+// attempt decides and, when it may, sends; it returns the outcome to record.
+func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outcome {
+	now := s.Clock.Now()
+	st := hooklinev1.WebhookDeliveryStatus{Attempts: c.Attempts, Phase: hooklinev1.PhasePending}
+	if c.Attempts > 0 {
+		st.Phase = hooklinev1.PhaseRetrying
+	}
+	later := func(after time.Duration, reason string) pgstore.Outcome {
+		return pgstore.Outcome{ID: c.ID, State: string(st.Phase), Attempts: c.Attempts, DueAt: now.Add(after), Reason: reason}
+	}
+	var ep hooklinev1.WebhookEndpoint
+	err := s.Client.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: c.Endpoint}, &ep)
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && ep.DeletionTimestamp != nil):
+		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", c.Endpoint), now), nil)
+	case err != nil:
+		return later(queueWaitReady, hooklinev1.ReasonWaiting)
+	case ep.Disabled():
+		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason), now), nil)
+	case !ep.AcceptsDeliveries():
+		return later(queueWaitReady, hooklinev1.ReasonWaiting)
+	}
+	key := ep.Namespace + "/" + ep.Name
+	caller := strconv.FormatInt(c.ID, 10)
+	admission := s.throttle.Acquire(key, caller, s.limits(&ep), now)
+	if !admission.Admitted() {
+		if admission.RetryAfter == 0 {
+			s.throttle.Forget(key, caller) // no wakeup comes to a claim: it is due again shortly
+		} // a rate slot stays reserved for this claim's return
+		return later(max(admission.RetryAfter, queueDeferral), hooklinev1.ReasonWaiting)
+	}
+	body, err := wire.Body(c.EventType, c.CreatedAt, c.Payload)
+	if err != nil {
+		admission.Release()
+		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonBadPayload, err.Error(), now), nil)
+	}
+	msg := message{id: c.MessageID, body: body, createdAt: c.CreatedAt}
+	res, signature, err := signAndSend(ctx, s.Client, s.Secrets, s.Sender, &ep, msg, now, admission.Release)
+	admission.Release()
+	var wait *errWait
+	switch {
+	case errors.As(err, &wait):
+		return later(queueWaitSecret, hooklinev1.ReasonWaiting)
+	case err != nil:
+		return later(queueWaitReady, hooklinev1.ReasonWaiting)
+	}
+	s.Metrics.observeAttempt(res)
+	next := deliverystate.Next(st, 0, deliverystate.Attempt{At: now, Result: res, MessageID: c.MessageID, Signature: signature},
+		deliverystate.Policy{Retry: backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())}, s.Clock.Now())
+	if next.Phase == hooklinev1.PhaseSucceeded {
+		s.Metrics.observeLatency(s.Clock.Since(c.CreatedAt))
+	}
+	if s.health.record(&ep, res.Outcome, now) {
+		if err := s.health.flush(ctx, &ep); err != nil {
+			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", key)
+		}
+	}
+	last := next.History[len(next.History)-1]
+	return s.finished(c, next, &pgstore.Attempt{Time: now, DurationMs: last.DurationMs, StatusCode: last.StatusCode,
+		Error: last.Error, Response: last.Response})
+}
+
+// finished turns the state machine's status into the outcome to record.
+func (s *QueueSender) finished(c pgstore.Claim, st hooklinev1.WebhookDeliveryStatus, a *pgstore.Attempt) pgstore.Outcome {
+	out := pgstore.Outcome{ID: c.ID, State: string(st.Phase), Attempts: st.Attempts, Attempt: a, DueAt: s.Clock.Now()}
+	if st.NextAttemptTime != nil {
+		out.DueAt = st.NextAttemptTime.Time
+	}
+	if cond := meta.FindStatusCondition(st.Conditions, hooklinev1.ConditionSucceeded); cond != nil {
+		out.Reason = cond.Reason
+	}
+	if st.Phase.Finished() {
+		s.Metrics.observeCompleted(st.Phase)
+	}
+	return out
+}
+
+// limits are the endpoint's rateLimit, with the default share when it sets no
+// maxInFlight, as the etcd store's sender applies them.
+func (s *QueueSender) limits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
+	lim := rateLimits(ep)
+	if lim.MaxInFlight <= 0 {
+		lim.MaxInFlight = s.EndpointMaxInFlight
+	}
+	return lim
+}
+
+// queueOwner is a name for this process's claims.
+func queueOwner(hostname string) string {
+	return fmt.Sprintf("%s-%d", hostname, time.Now().UnixNano())
+}
