@@ -9,8 +9,8 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strings"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
