@@ -61,7 +61,7 @@ func serveCounting(h http.Handler) (*connCountingServer, error) {
 // timeout) with 200 deliveries queued; the stuck receiver counts the connections.
 func runNoisyNeighbour(ctx context.Context, admin client.Client, mgr *managerProcess, recv *receiver, base string, out *fairnessResult) ([]scenarioResult, error) {
 	events := n(100)
-	alone, err := runScenario(ctx, admin, mgr, recv, base, nsSteadyAlone, events, 1, steadyRate, 0)
+	alone, err := runScenario(ctx, admin, mgr, recv, base, nsSteadyAlone, events, 1, steadyRate, 0, false)
 	if err != nil {
 		return nil, fmt.Errorf("steady alone: %w", err)
 	}
@@ -93,7 +93,7 @@ func runNoisyNeighbour(ctx context.Context, admin client.Client, mgr *managerPro
 	}); err != nil {
 		return nil, err
 	}
-	noisy, err := runScenario(ctx, admin, mgr, recv, base, nsNoisyHealthy, events, 1, steadyRate, 0)
+	noisy, err := runScenario(ctx, admin, mgr, recv, base, nsNoisyHealthy, events, 1, steadyRate, 0, false)
 	if err != nil {
 		return nil, fmt.Errorf("steady beside a stuck endpoint: %w", err)
 	}

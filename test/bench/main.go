@@ -45,7 +45,7 @@ var (
 	reportPath = flag.String("report", "bin/bench-report.json", "where the JSON report goes")
 	parallel   = flag.Int("parallel", 16, "parallel clients creating objects")
 	scale      = flag.Float64("scale", 1, "multiply every object count (0.1 for a quick run)")
-	only       = flag.String("only", "", "run one part: soak (default: everything)")
+	only       = flag.String("only", "", "run one part: soak or stores (default: everything)")
 	cpuProfile = flag.String("cpuprofile", "bin/bench-manager-cpu.pprof", "where the manager's CPU profile during fanout-1 goes (empty: none)")
 )
 
@@ -70,6 +70,7 @@ type report struct {
 	Fairness fairnessResult    `json:"fairness"`
 	Etcd     footprintResult   `json:"etcd"`
 	Soak     soakResult        `json:"soak"`
+	Stores   storesResult      `json:"stores"`
 	Targets  map[string]string `json:"targets"`
 }
 
@@ -121,8 +122,14 @@ func run() error {
 		return err
 	}
 	rep := &report{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Targets: map[string]string{}}
-	if *only == "soak" {
+	switch *only {
+	case "soak":
 		if err := soak(ctx, env, kubeconfig, work, rep); err != nil {
+			return err
+		}
+		return finish(rep)
+	case "stores":
+		if err := runStores(ctx, env, kubeconfig, work, &rep.Stores); err != nil {
 			return err
 		}
 		return finish(rep)
@@ -196,7 +203,7 @@ func run() error {
 			profileDone = make(chan error, 1)
 			go func() { profileDone <- mgr.profile(*cpuProfile, 15*time.Second) }()
 		}
-		res, err := runScenario(ctx, env.Client, mgr, recv, base, "bench-"+s.name, s.events, s.endpoints, rate, s.failPercent)
+		res, err := runScenario(ctx, env.Client, mgr, recv, base, "bench-"+s.name, s.events, s.endpoints, rate, s.failPercent, false)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -240,6 +247,10 @@ func run() error {
 		return err
 	}
 	if err := soak(ctx, env, kubeconfig, work, rep); err != nil {
+		return err
+	}
+	fmt.Println("stores: the etcd store and the PostgreSQL store on the same scenarios")
+	if err := runStores(ctx, env, kubeconfig, work, &rep.Stores); err != nil {
 		return err
 	}
 	return finish(rep)
@@ -425,7 +436,7 @@ func (r *receiver) received(prefix string) (map[string]time.Time, int) {
 }
 
 func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, recv *receiver, base, ns string,
-	events, endpoints int, rate float64, failPercent int) (scenarioResult, error) {
+	events, endpoints int, rate float64, failPercent int, queued bool) (scenarioResult, error) {
 	res := scenarioResult{Events: events, Endpoints: endpoints, Deliveries: events * endpoints, CreateRateLimited: rate}
 	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		return res, err
@@ -528,8 +539,13 @@ func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, 
 		res.RetriedShare = float64(retried) / float64(want)
 	}
 
-	// The manager's requests, once every delivery and event has its final status.
-	if err := waitFinished(ctx, admin, ns, want, events); err != nil {
+	// The manager's requests, once every delivery and event has its final status (in
+	// the PostgreSQL store, no delivery is in the API server).
+	inAPI := want
+	if queued {
+		inAPI = 0
+	}
+	if err := waitFinished(ctx, admin, ns, inAPI, events); err != nil {
 		return res, err
 	}
 	after, err := mgr.metrics()
@@ -935,6 +951,7 @@ func print(rep *report) {
 			defaultBudget>>20, f.BoundMiB, f.BoundObjectsMiB, f.BoundRevisionsMiB, f.MaxRatePerSec)
 	}
 	printSoak(rep)
+	printStores(rep.Stores)
 	fmt.Printf("\nmemory: after the scenarios (%d finished deliveries retained) peak RSS %.0f MiB, heap in use %.0f MiB\n",
 		rep.Memory.RetainedDeliveries, rep.Memory.PeakRSSMiB, rep.Memory.HeapInuseMiB)
 	fmt.Printf("memory: a manager started on %d finished deliveries: peak RSS %.0f MiB, heap in use %.0f MiB\n",

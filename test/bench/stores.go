@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hookline/hookline/internal/testenv"
+)
+
+// storesResult compares the two delivery stores on the same scenarios, in one run.
+type storesResult struct {
+	Kubernetes []scenarioResult `json:"kubernetes"`
+	Postgres   []scenarioResult `json:"postgres"`
+	// What the queue takes in PostgreSQL per delivery (tables and indexes, the
+	// payload stored once per event) and the WAL written per delivery.
+	PostgresBytesPerDelivery float64 `json:"postgresBytesPerDelivery"`
+	PostgresWALPerDelivery   float64 `json:"postgresWALBytesPerDelivery"`
+	PeakRSSMiBKubernetes     float64 `json:"peakRSSMiBKubernetes"`
+	PeakRSSMiBPostgres       float64 `json:"peakRSSMiBPostgres"`
+}
+
+// storeScenarios are the scenarios both stores run: events published as WebhookEvent
+// resources, 1 and 20 endpoints, and half the 1-endpoint rate for latency.
+var storeScenarios = []struct {
+	name              string
+	events, endpoints int
+	halfRate          bool
+}{
+	{"fanout-1", 3000, 1, false},
+	{"fanout-20", 300, 20, false},
+	{"half-rate-latency", 600, 1, true},
+}
+
+// runStores runs the scenarios on a manager with the etcd store, then on one with the
+// PostgreSQL store (Debian's PostgreSQL in a temporary directory), each with the
+// shipped defaults.
+func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, out *storesResult) error {
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = pg.Remove() }()
+	dsnFile := filepath.Join(work, "dsn")
+	if err := os.WriteFile(dsnFile, []byte(pg.DSN), 0o600); err != nil {
+		return err
+	}
+	recv := newReceiver()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() { _ = http.Serve(ln, recv) }()
+	base := "http://" + ln.Addr().String()
+
+	for _, store := range []string{"kubernetes", "postgres"} {
+		var namespaces []string
+		for _, s := range storeScenarios {
+			namespaces = append(namespaces, "stores-"+store+"-"+s.name)
+		}
+		extra := append([]string{"--delivery-store=" + store}, noHistoryCounts...)
+		if store == "postgres" {
+			extra = append(extra, "--archive-postgres-dsn-file="+dsnFile)
+		}
+		mgr, err := startManager(kubeconfig, work, namespaces, extra...)
+		if err != nil {
+			return err
+		}
+		results := &out.Kubernetes
+		if store == "postgres" {
+			results = &out.Postgres
+		}
+		var walBefore int64
+		if store == "postgres" {
+			if walBefore, err = walBytes(ctx, pg.DSN); err != nil {
+				mgr.stop()
+				return err
+			}
+		}
+		for _, s := range storeScenarios {
+			if err := mgr.waitIdle(ctx); err != nil {
+				mgr.stop()
+				return err
+			}
+			rate := 0.0
+			if s.halfRate && len(*results) > 0 {
+				rate = (*results)[0].DeliveriesPerSec / 2
+			}
+			events := n(s.events)
+			fmt.Printf("stores: %s, %s: %d events x %d endpoints\n", store, s.name, events, s.endpoints)
+			res, err := runScenario(ctx, env.Client, mgr, recv, base, "stores-"+store+"-"+s.name, events, s.endpoints, rate, 0, store == "postgres")
+			if err != nil {
+				mgr.stop()
+				return fmt.Errorf("%s store, %s: %w", store, s.name, err)
+			}
+			res.Name = s.name
+			*results = append(*results, res)
+		}
+		if store == "postgres" {
+			deliveries := 0
+			for _, r := range *results {
+				deliveries += r.Deliveries
+			}
+			size, wal, err := queueBytes(ctx, pg.DSN, walBefore)
+			if err != nil {
+				mgr.stop()
+				return err
+			}
+			out.PostgresBytesPerDelivery = float64(size) / float64(deliveries)
+			out.PostgresWALPerDelivery = float64(wal) / float64(deliveries)
+			out.PeakRSSMiBPostgres = mgr.peakRSSMiB()
+		} else {
+			out.PeakRSSMiBKubernetes = mgr.peakRSSMiB()
+		}
+		mgr.stop()
+	}
+	return nil
+}
+
+func walBytes(ctx context.Context, dsn string) (int64, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	var lsn int64
+	err = conn.QueryRow(ctx, `SELECT pg_current_wal_lsn() - '0/0'::pg_lsn`).Scan(&lsn)
+	return lsn, err
+}
+
+// queueBytes is the size of the queue's tables with their indexes and TOAST, and the
+// WAL written since walBefore.
+func queueBytes(ctx context.Context, dsn string, walBefore int64) (size, wal int64, err error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT pg_total_relation_size('hookline_queue_deliveries') + pg_total_relation_size('hookline_queue_events')`).Scan(&size); err != nil {
+		return 0, 0, err
+	}
+	now, err := walBytes(ctx, dsn)
+	return size, now - walBefore, err
+}
+
+func printStores(r storesResult) {
+	if len(r.Postgres) == 0 {
+		return
+	}
+	fmt.Println("\nthe two delivery stores, side by side (events published as WebhookEvent resources):")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tkubernetes/s\tpostgres/s\tratio\tp50 ms k8s/pg\tp99 ms k8s/pg\tAPI writes/delivery k8s/pg")
+	for i, pg := range r.Postgres {
+		k := r.Kubernetes[i]
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.2f\t%.1f / %.1f\t%.1f / %.1f\t%.2f / %.2f\n", pg.Name, k.DeliveriesPerSec, pg.DeliveriesPerSec,
+			pg.DeliveriesPerSec/k.DeliveriesPerSec, k.LatencyMs["p50"], pg.LatencyMs["p50"], k.LatencyMs["p99"], pg.LatencyMs["p99"],
+			k.WritesPerMsg, pg.WritesPerMsg)
+	}
+	_ = tw.Flush()
+	fmt.Printf("postgres: %.0f B per delivery in the queue's tables and indexes, %.0f B of WAL per delivery; peak RSS %.0f MiB (kubernetes store: %.0f MiB)\n",
+		r.PostgresBytesPerDelivery, r.PostgresWALPerDelivery, r.PeakRSSMiBPostgres, r.PeakRSSMiBKubernetes)
+}
