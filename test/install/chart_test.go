@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	"github.com/hookline/hookline/internal/testenv"
 )
 
 // helmTemplate renders dist/chart with the pinned helm, CRDs included.
@@ -161,5 +164,32 @@ func TestArchiveIsOptionalAndWiredAlike(t *testing.T) {
 		if strings.Contains(o.GetName(), "history") {
 			t.Errorf("%s %s is installed without the archive", o.GetKind(), o.GetName())
 		}
+	}
+}
+
+// The PostgreSQL delivery store is off by default, and the overlay and the chart turn
+// it on alike, on the archive's database; the chart refuses it without one.
+func TestPostgresStoreIsOptionalAndWiredAlike(t *testing.T) {
+	for name, objs := range map[string][]*unstructured.Unstructured{"config/default": render(t), "chart defaults": helmTemplate(t)} {
+		for _, a := range convert[appsv1.Deployment](t, byKind(objs, "Deployment")[0]).Spec.Template.Spec.Containers[0].Args {
+			if strings.HasPrefix(a, "--delivery-store") {
+				t.Errorf("%s: %s by default", name, a)
+			}
+		}
+	}
+	kust := convert[appsv1.Deployment](t, byKind(renderDir(t, "overlays/with-postgres-store"), "Deployment")[0]).Spec.Template.Spec
+	chart := convert[appsv1.Deployment](t, byKind(helmTemplate(t, "--set", "deliveryStore=postgres", "--set", "archive.enable=true",
+		"--set", "archive.dsnSecretName=hookline-archive"), "Deployment")[0]).Spec.Template.Spec
+	for name, pod := range map[string]corev1.PodSpec{"with-postgres-store overlay": kust, "chart with deliveryStore=postgres": chart} {
+		args := pod.Containers[0].Args
+		if !contains(args, "--delivery-store=postgres") || !contains(args, "--archive-postgres-dsn-file=/etc/hookline/archive/dsn") {
+			t.Errorf("%s: args %v", name, args)
+		}
+	}
+	helm, err := testenv.Tool("helm")
+	testenv.SkipIfMissing(t, err)
+	out, err := exec.Command(helm, "template", "x", filepath.Join(repoRoot, "dist", "chart"), "--set", "deliveryStore=postgres").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "set archive.enable and archive.dsnSecretName") {
+		t.Fatalf("the chart rendered deliveryStore=postgres without a database (%v): %s", err, out)
 	}
 }
