@@ -28,9 +28,12 @@ import (
 	"github.com/hookline/hookline/controllers"
 	"github.com/hookline/hookline/internal/admission/serving"
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/callerauth"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/historyapi"
+	"github.com/hookline/hookline/internal/httpsserve"
 	"github.com/hookline/hookline/internal/kubeclient"
+	"github.com/hookline/hookline/internal/publishapi"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/version"
 )
@@ -53,6 +56,7 @@ type options struct {
 	deliveryStore              string
 	archiveRetention           time.Duration
 	historyAddr                string
+	publishAddr                string
 	kubeAPIQPS                 float64
 	kubeAPIBurst               int
 	showVersion                bool
@@ -99,6 +103,7 @@ func (o *options) flagSet() *flag.FlagSet {
 	fs.StringVar(&o.deliveryStore, "delivery-store", "kubernetes", "where deliveries are queued: kubernetes (WebhookDelivery objects in the API server) or postgres (the database of --archive-postgres-dsn-file; every replica delivers, nothing per delivery is written to the API server)")
 	fs.DurationVar(&o.archiveRetention, "archive-retention", 30*24*time.Hour, "how long the archive keeps deliveries; whole days are dropped")
 	fs.StringVar(&o.historyAddr, "history-bind-address", ":8444", "address of the archive's read-only history API (HTTPS; with an archive only; \"0\" disables it)")
+	fs.StringVar(&o.publishAddr, "publish-bind-address", ":8445", "address of the publish API (HTTPS; with --delivery-store=postgres only; \"0\" disables it)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address of the Go pprof endpoint (\"0\" disables it)")
@@ -198,6 +203,9 @@ func (o *options) retention() controllers.Retention {
 	}
 }
 
+// publishAuthTTL is how long the publish API trusts a token's review.
+const publishAuthTTL = 10 * time.Second
+
 func main() {
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
@@ -287,8 +295,8 @@ func run(ctx context.Context, o *options) error {
 			if err != nil {
 				return err
 			}
-			if err := mgr.Add(&historyapi.Server{Addr: o.historyAddr,
-				Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{Client: clientset}}}); err != nil {
+			if err := mgr.Add(&httpsserve.Server{Addr: o.historyAddr,
+				Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}}); err != nil {
 				return err
 			}
 		}
@@ -296,6 +304,18 @@ func run(ctx context.Context, o *options) error {
 	queue, err := o.queue(ctx)
 	if err != nil {
 		return err
+	}
+	if queue != nil && o.publishAddr != "0" {
+		clientset, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(&httpsserve.Server{Addr: o.publishAddr, Handler: publishapi.Handler{
+			Auth:      &callerauth.Cached{Reviewer: callerauth.KubeAuth{Client: clientset}, TTL: publishAuthTTL},
+			Publisher: controllers.QueuePublisher{Endpoints: mgr.GetClient(), Queue: queue},
+		}}); err != nil {
+			return err
+		}
 	}
 	managerMetrics := controllers.NewMetrics()
 	if err := managerMetrics.Register(ctrlmetrics.Registry); err != nil {

@@ -258,12 +258,17 @@ func receiving(ctx context.Context, reader client.Reader, ev *hooklinev1.Webhook
 	}
 	var out []*hooklinev1.WebhookEndpoint
 	for i := range endpoints.Items {
-		ep := &endpoints.Items[i]
-		if ep.DeletionTimestamp == nil && ep.AcceptsDeliveries() && ep.Subscribes(ev.Spec.Type) {
-			out = append(out, ep)
+		if receives(&endpoints.Items[i], ev.Spec.Type, labels.Everything()) {
+			out = append(out, &endpoints.Items[i])
 		}
 	}
 	return out, nil
+}
+
+// receives: an endpoint gets an event of this type when it is not being deleted,
+// accepts deliveries, subscribes to the type and matches the event's selector.
+func receives(ep *hooklinev1.WebhookEndpoint, eventType string, selector labels.Selector) bool {
+	return ep.DeletionTimestamp == nil && ep.AcceptsDeliveries() && ep.Subscribes(eventType) && selector.Matches(labels.Set(ep.Labels))
 }
 
 // fanOut creates one delivery per receiving endpoint. Names are derived from the event

@@ -23,6 +23,13 @@ import (
 // a database of its own; both go when the test ends.
 func startQueue(t *testing.T) *pgstore.Queue {
 	t.Helper()
+	_, q := startQueueOn(t)
+	return q
+}
+
+// startQueueOn is startQueue that also returns the server, to stop and start it.
+func startQueueOn(t *testing.T) (*testenv.Postgres, *pgstore.Queue) {
+	t.Helper()
 	pg, err := testenv.StartPostgres()
 	testenv.SkipIfMissing(t, err)
 	t.Cleanup(func() { _ = pg.Remove() })
@@ -35,7 +42,7 @@ func startQueue(t *testing.T) *pgstore.Queue {
 		t.Fatal(err)
 	}
 	t.Cleanup(q.Close)
-	return q
+	return pg, q
 }
 
 // queueDeliveries waits until the queue holds want deliveries of ns in a finished state.

@@ -37,6 +37,7 @@ var (
 	managerLog syncBuffer // everything the manager logged, scanned for secrets
 	nsCounter  atomic.Int64
 	etcd       testenv.Etcd // the control plane's etcd, to judge what objects cost it
+	testEnv    *testenv.Env // for what only the control plane makes (ServiceAccount tokens)
 )
 
 type syncBuffer struct {
@@ -67,7 +68,7 @@ func startSuite() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	restConfig, k8s, testScheme, etcd = env.Config, env.Client, env.Scheme, env.Etcd()
+	restConfig, k8s, testScheme, etcd, testEnv = env.Config, env.Client, env.Scheme, env.Etcd(), env
 	ctx, cancel := context.WithCancel(context.Background())
 	// The shared manager leaves the reserved namespaces to tests that run a manager of
 	// their own (other flags, a crash and restart).
@@ -85,7 +86,7 @@ func startSuite() (stop func(), err error) {
 }
 
 // reservedNamespaces are watched only by the managers tests start themselves.
-var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4", "own-5", "own-6", "own-7", "own-8", "own-9", "own-10", "own-11", "own-12", "own-13", "own-14", "own-15", "own-16", "own-17", "own-18", "own-19"}
+var reservedNamespaces = []string{"own-1", "own-2", "own-3", "own-4", "own-5", "own-6", "own-7", "own-8", "own-9", "own-10", "own-11", "own-12", "own-13", "own-14", "own-15", "own-16", "own-17", "own-18", "own-19", "own-20"}
 
 func notReservedNamespaces() fields.Selector {
 	var sels []fields.Selector

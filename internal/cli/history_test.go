@@ -12,7 +12,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/callerauth"
 	"github.com/hookline/hookline/internal/historyapi"
+	"github.com/hookline/hookline/internal/httpsserve"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -55,7 +57,7 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	listening := make(chan string, 1)
-	srv := &historyapi.Server{Addr: "127.0.0.1:0", Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{Client: clientset}}, Listening: listening}
+	srv := &httpsserve.Server{Addr: "127.0.0.1:0", Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}, Listening: listening}
 	go func() { _ = srv.Start(ctx) }()
 	url := "https://" + <-listening
 

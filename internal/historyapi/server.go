@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/callerauth"
+	"github.com/hookline/hookline/internal/httpsserve"
 )
 
 // Reader is the archive's read side.
@@ -23,12 +25,7 @@ type Reader interface {
 }
 
 // User is who a token belongs to.
-type User struct {
-	Name   string
-	UID    string
-	Groups []string
-	Extra  map[string][]string
-}
+type User = callerauth.User
 
 // Auth answers who a token is, and whether that user may list deliveries in a
 // namespace (with the reason when not).
@@ -37,9 +34,9 @@ type Auth interface {
 	MayList(ctx context.Context, u User, namespace string) (bool, string, error)
 }
 
-// TokenHeader carries the caller's token when Authorization cannot: the API server's
-// service proxy consumes the Authorization header of the request it proxies.
-const TokenHeader = "X-Hookline-Authorization"
+// TokenHeader carries the caller's token when Authorization cannot (through the
+// API server's service proxy).
+const TokenHeader = callerauth.TokenHeader
 
 // Page is one page of a listing, newest first.
 type Page struct {
@@ -58,34 +55,31 @@ const maxLimit = 500
 
 func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
-		fail(w, http.StatusMethodNotAllowed, "only GET is served")
+		httpsserve.Fail(w, http.StatusMethodNotAllowed, "only GET is served")
 		return
 	}
 	ns, name, ok := parsePath(r.URL.Path)
 	if !ok {
-		fail(w, http.StatusNotFound, "not found: the paths are /v1/namespaces/<namespace>/deliveries and /v1/namespaces/<namespace>/deliveries/<name>")
+		httpsserve.Fail(w, http.StatusNotFound, "not found: the paths are /v1/namespaces/<namespace>/deliveries and /v1/namespaces/<namespace>/deliveries/<name>")
 		return
 	}
-	token := bearer(r.Header.Get(TokenHeader))
+	token := callerauth.Token(r)
 	if token == "" {
-		token = bearer(r.Header.Get("Authorization"))
-	}
-	if token == "" {
-		fail(w, http.StatusUnauthorized, "no bearer token: the archive answers only callers the cluster authenticates")
+		httpsserve.Fail(w, http.StatusUnauthorized, "no bearer token: the archive answers only callers the cluster authenticates")
 		return
 	}
 	user, ok, err := h.Auth.Authenticate(r.Context(), token)
 	if err != nil {
-		fail(w, http.StatusServiceUnavailable, "the token could not be reviewed: "+err.Error())
+		httpsserve.Fail(w, http.StatusServiceUnavailable, "the token could not be reviewed: "+err.Error())
 		return
 	}
 	if !ok {
-		fail(w, http.StatusUnauthorized, "the token is not valid in this cluster")
+		httpsserve.Fail(w, http.StatusUnauthorized, "the token is not valid in this cluster")
 		return
 	}
 	allowed, reason, err := h.Auth.MayList(r.Context(), user, ns)
 	if err != nil {
-		fail(w, http.StatusServiceUnavailable, "the access could not be reviewed: "+err.Error())
+		httpsserve.Fail(w, http.StatusServiceUnavailable, "the access could not be reviewed: "+err.Error())
 		return
 	}
 	if !allowed {
@@ -93,17 +87,17 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if reason != "" {
 			msg += ": " + reason
 		}
-		fail(w, http.StatusForbidden, msg)
+		httpsserve.Fail(w, http.StatusForbidden, msg)
 		return
 	}
 	f, err := filter(r, ns, name)
 	if err != nil {
-		fail(w, http.StatusBadRequest, err.Error())
+		httpsserve.Fail(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	items, err := h.Archive.List(r.Context(), f)
 	if err != nil {
-		fail(w, http.StatusServiceUnavailable, "the archive is not available; try again later")
+		httpsserve.Fail(w, http.StatusServiceUnavailable, "the archive is not available; try again later")
 		return
 	}
 	page := Page{Items: items}
@@ -127,13 +121,6 @@ func parsePath(p string) (ns, name string, ok bool) {
 		name = parts[4]
 	}
 	return parts[2], name, true
-}
-
-func bearer(h string) string {
-	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(t)
-	}
-	return ""
 }
 
 // filter reads the query: endpoint, eventType, phase, messageId, since (a duration
@@ -180,10 +167,4 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("since %q: want a duration like 7d or 36h, or an RFC 3339 time", s)
-}
-
-func fail(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]any{"code": code, "message": msg})
 }

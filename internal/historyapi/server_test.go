@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/hookline/hookline/internal/callerauth"
+	"github.com/hookline/hookline/internal/httpsserve"
 	"io"
 	"net/http"
 	"os"
@@ -100,7 +102,7 @@ func TestHistoryIsAuthorisedByTheCluster(t *testing.T) {
 	listening := make(chan string, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := &Server{Addr: "127.0.0.1:0", Handler: Handler{Archive: store, Auth: KubeAuth{Client: clientset}}, Listening: listening}
+	srv := &httpsserve.Server{Addr: "127.0.0.1:0", Handler: Handler{Archive: store, Auth: KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}, Listening: listening}
 	go func() { _ = srv.Start(ctx) }()
 	base := "https://" + <-listening
 

@@ -1,4 +1,6 @@
-package historyapi
+// Package httpsserve serves a handler over HTTPS with a certificate made at start, for
+// the manager's APIs whose callers are trusted by their token, not by TLS.
+package httpsserve
 
 import (
 	"context"
@@ -8,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"net"
@@ -73,4 +76,11 @@ func selfSigned() (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// Fail answers an error as JSON: {"code": ..., "message": ...}.
+func Fail(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": code, "message": msg})
 }
