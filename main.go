@@ -287,23 +287,29 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	queue, err := o.queue(ctx)
+	if err != nil {
+		return err
+	}
 	var archiver controllers.Archiver
 	if store != nil {
 		archiver = store
+		// The history API reads the store that keeps the deliveries: the queue in
+		// postgres mode, the archive otherwise.
+		var history historyapi.Reader = store
+		if queue != nil {
+			history = queue
+		}
 		if o.historyAddr != "0" {
 			clientset, err := kubernetes.NewForConfig(cfg)
 			if err != nil {
 				return err
 			}
 			if err := mgr.Add(&httpsserve.Server{Addr: o.historyAddr,
-				Handler: historyapi.Handler{Archive: store, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}}); err != nil {
+				Handler: historyapi.Handler{Archive: history, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}}); err != nil {
 				return err
 			}
 		}
-	}
-	queue, err := o.queue(ctx)
-	if err != nil {
-		return err
 	}
 	if queue != nil && o.publishAddr != "0" {
 		clientset, err := kubernetes.NewForConfig(cfg)

@@ -3,8 +3,6 @@ package controllers
 import (
 	"context"
 
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	corev1 "k8s.io/api/core/v1"
 	"strings"
@@ -362,12 +360,7 @@ func setComplete(ev *hooklinev1.WebhookEvent, now time.Time) {
 
 // deliveryName is deterministic per (event, endpoint) and a valid object name.
 func deliveryName(eventName, endpointName string) string {
-	sum := sha256.Sum256([]byte(endpointName))
-	suffix := hex.EncodeToString(sum[:5])
-	if len(eventName) > 253-len(suffix)-1 {
-		eventName = strings.TrimRight(eventName[:253-len(suffix)-1], ".-")
-	}
-	return eventName + "-" + suffix
+	return hooklinev1.DeliveryName(eventName, endpointName)
 }
 
 // messageID is the webhook-id of an object: stable across attempts and restarts.

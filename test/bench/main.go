@@ -438,31 +438,8 @@ func (r *receiver) received(prefix string) (map[string]time.Time, int) {
 func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, recv *receiver, base, ns string,
 	events, endpoints int, rate float64, failPercent int, queued bool) (scenarioResult, error) {
 	res := scenarioResult{Events: events, Endpoints: endpoints, Deliveries: events * endpoints, CreateRateLimited: rate}
-	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+	if err := createEndpoints(ctx, admin, base, ns, endpoints); err != nil {
 		return res, err
-	}
-	for i := 0; i < endpoints; i++ {
-		ep := &hooklinev1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("ep-%02d", i)},
-			Spec: hooklinev1.WebhookEndpointSpec{URL: fmt.Sprintf("%s/%s/%d", base, ns, i), Events: []string{"*"},
-				Retry: hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 200 * time.Millisecond}}}}}
-		if err := admin.Create(ctx, ep); err != nil {
-			return res, err
-		}
-	}
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		var list hooklinev1.WebhookEndpointList
-		if err := admin.List(ctx, &list, client.InNamespace(ns)); err != nil {
-			return false, err
-		}
-		ready := 0
-		for _, ep := range list.Items {
-			if meta.IsStatusConditionTrue(ep.Status.Conditions, hooklinev1.ConditionReady) {
-				ready++
-			}
-		}
-		return ready == endpoints, nil
-	}); err != nil {
-		return res, fmt.Errorf("endpoints not ready: %w", err)
 	}
 	before, err := mgr.metrics()
 	if err != nil {
@@ -560,6 +537,38 @@ func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, 
 	}
 	res.WritesPerMsg = res.RequestsPerMsg["POST"] + res.RequestsPerMsg["PUT"] + res.RequestsPerMsg["PATCH"] + res.RequestsPerMsg["DELETE"]
 	return res, nil
+}
+
+// createEndpoints makes the namespace and its endpoints ep-00.. (receiving at
+// base/ns/i) and waits until they are Ready.
+func createEndpoints(ctx context.Context, admin client.Client, base, ns string, endpoints int) error {
+	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		return err
+	}
+	for i := 0; i < endpoints; i++ {
+		ep := &hooklinev1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("ep-%02d", i)},
+			Spec: hooklinev1.WebhookEndpointSpec{URL: fmt.Sprintf("%s/%s/%d", base, ns, i), Events: []string{"*"},
+				Retry: hooklinev1.RetrySpec{Schedule: []metav1.Duration{{Duration: 200 * time.Millisecond}}}}}
+		if err := admin.Create(ctx, ep); err != nil {
+			return err
+		}
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var list hooklinev1.WebhookEndpointList
+		if err := admin.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return false, err
+		}
+		ready := 0
+		for _, ep := range list.Items {
+			if meta.IsStatusConditionTrue(ep.Status.Conditions, hooklinev1.ConditionReady) {
+				ready++
+			}
+		}
+		return ready == endpoints, nil
+	}); err != nil {
+		return fmt.Errorf("endpoints not ready: %w", err)
+	}
+	return nil
 }
 
 func waitFinished(ctx context.Context, c client.Client, ns string, deliveries, events int) error {
@@ -904,6 +913,7 @@ func judge(rep *report) {
 		}
 	}
 	judgeSoak(rep, met)
+	judgeStores(rep, met)
 	if len(rep.Runs) == 0 {
 		return
 	}

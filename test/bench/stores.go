@@ -24,6 +24,19 @@ type storesResult struct {
 	PostgresWALPerDelivery   float64 `json:"postgresWALBytesPerDelivery"`
 	PeakRSSMiBKubernetes     float64 `json:"peakRSSMiBKubernetes"`
 	PeakRSSMiBPostgres       float64 `json:"peakRSSMiBPostgres"`
+	// The PostgreSQL store with events published through its publish API, and the
+	// no-queue ceiling: signing and sending alone, nothing stored.
+	PublishAPI    []scenarioResult `json:"publishAPI"`
+	CeilingPerSec float64          `json:"ceilingPerSec"`
+}
+
+// publishScenarios are published through the publish API (1 KiB payloads).
+var publishScenarios = []struct {
+	name              string
+	events, endpoints int
+}{
+	{"api-fanout-1", 20000, 1},
+	{"api-fanout-20", 1000, 20},
 }
 
 // storeScenarios are the scenarios both stores run: events published as WebhookEvent
@@ -66,8 +79,15 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 			namespaces = append(namespaces, "stores-"+store+"-"+s.name)
 		}
 		extra := append([]string{"--delivery-store=" + store}, noHistoryCounts...)
+		publishAddr, err := freePort()
+		if err != nil {
+			return err
+		}
 		if store == "postgres" {
-			extra = append(extra, "--archive-postgres-dsn-file="+dsnFile)
+			extra = append(extra, "--archive-postgres-dsn-file="+dsnFile, "--publish-bind-address="+publishAddr)
+			for _, s := range publishScenarios {
+				namespaces = append(namespaces, "stores-"+s.name)
+			}
 		}
 		mgr, err := startManager(kubeconfig, work, namespaces, extra...)
 		if err != nil {
@@ -104,8 +124,23 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 			*results = append(*results, res)
 		}
 		if store == "postgres" {
+			for _, s := range publishScenarios {
+				if err := mgr.waitIdle(ctx); err != nil {
+					mgr.stop()
+					return err
+				}
+				events := n(s.events)
+				fmt.Printf("stores: postgres, %s: %d events x %d endpoints through the publish API\n", s.name, events, s.endpoints)
+				res, err := runPublishScenario(ctx, env, mgr, recv, base, "stores-"+s.name, "https://"+publishAddr, events, s.endpoints)
+				if err != nil {
+					mgr.stop()
+					return fmt.Errorf("publish API, %s: %w", s.name, err)
+				}
+				res.Name = s.name
+				out.PublishAPI = append(out.PublishAPI, res)
+			}
 			deliveries := 0
-			for _, r := range *results {
+			for _, r := range append(*results, out.PublishAPI...) {
 				deliveries += r.Deliveries
 			}
 			size, wal, err := queueBytes(ctx, pg.DSN, walBefore)
@@ -121,7 +156,9 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 		}
 		mgr.stop()
 	}
-	return nil
+	fmt.Println("stores: the no-queue ceiling (sign and send, nothing stored)")
+	out.CeilingPerSec, err = measureCeiling(ctx, base, n(20000))
+	return err
 }
 
 func walBytes(ctx context.Context, dsn string) (int64, error) {
@@ -164,6 +201,28 @@ func printStores(r storesResult) {
 			k.WritesPerMsg, pg.WritesPerMsg)
 	}
 	_ = tw.Flush()
+	for _, api := range r.PublishAPI {
+		fmt.Printf("postgres, through the publish API: %s: %d deliveries, %.0f/s (%.2f of the no-queue ceiling, %.0f/s), API writes per delivery %.4f\n",
+			api.Name, api.Deliveries, api.DeliveriesPerSec, api.DeliveriesPerSec/r.CeilingPerSec, r.CeilingPerSec, api.WritesPerMsg)
+	}
 	fmt.Printf("postgres: %.0f B per delivery in the queue's tables and indexes, %.0f B of WAL per delivery; peak RSS %.0f MiB (kubernetes store: %.0f MiB)\n",
 		r.PostgresBytesPerDelivery, r.PostgresWALPerDelivery, r.PeakRSSMiBPostgres, r.PeakRSSMiBKubernetes)
+}
+
+// judgeStores states the PostgreSQL store's targets.
+func judgeStores(rep *report, met func(bool) string) {
+	r := rep.Stores
+	if len(r.Postgres) == 0 || len(r.PublishAPI) < 2 {
+		return
+	}
+	etcd1 := r.Kubernetes[0].DeliveriesPerSec
+	api1, api20 := r.PublishAPI[0], r.PublishAPI[1]
+	rep.Targets["postgres store, publish API, 1 endpoint: >= 2,000 deliveries/s"] = fmt.Sprintf("%s (%.0f/s)", met(api1.DeliveriesPerSec >= 2000), api1.DeliveriesPerSec)
+	rep.Targets["postgres store, publish API, 1 endpoint: >= 10 x the etcd store"] = fmt.Sprintf("%s (%.1f x %.0f/s)",
+		met(api1.DeliveriesPerSec >= 10*etcd1), api1.DeliveriesPerSec/etcd1, etcd1)
+	rep.Targets["postgres store, publish API, 20 endpoints: >= 5,000 deliveries/s"] = fmt.Sprintf("%s (%.0f/s)", met(api20.DeliveriesPerSec >= 5000), api20.DeliveriesPerSec)
+	rep.Targets["postgres store, publish API: 0 API server writes per delivery"] = fmt.Sprintf("%s (%.4f, %.4f)",
+		met(api1.WritesPerMsg < 0.001 && api20.WritesPerMsg < 0.001), api1.WritesPerMsg, api20.WritesPerMsg)
+	half := r.Postgres[len(r.Postgres)-1]
+	rep.Targets["postgres store, half rate: p99 <= 50 ms"] = fmt.Sprintf("%s (%.1f ms)", met(half.LatencyMs["p99"] <= 50), half.LatencyMs["p99"])
 }

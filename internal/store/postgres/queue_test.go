@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -267,5 +269,45 @@ func TestPublishWakesIdleWorkers(t *testing.T) {
 		t.Logf("woken %v after the publish", time.Since(published))
 	case <-time.After(5 * time.Second):
 		t.Fatal("a publish did not wake the listener")
+	}
+}
+
+// The queue reads as the archive does for the history API: filters, names as a
+// fan-out's WebhookDelivery would have, the payload, newest first.
+func TestQueueListsAsTheHistory(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "history"
+	if _, err := q.Publish(ctx, []Event{event(ns, "e1", "acme", "globex"), event(ns, "e2", "acme")}); err != nil {
+		t.Fatal(err)
+	}
+	claims := claimNS(t, q, "w", ns, time.Minute)
+	var outcomes []Outcome
+	for _, c := range claims {
+		o := Outcome{ID: c.ID, State: StateSucceeded, Attempts: 1, Attempt: &Attempt{Time: time.Now(), StatusCode: 200}}
+		if c.Endpoint == "globex" {
+			o.State, o.Attempt.StatusCode = StateExhausted, 500
+		}
+		outcomes = append(outcomes, o)
+	}
+	if _, err := q.Record(ctx, "w-"+ns, outcomes); err != nil {
+		t.Fatal(err)
+	}
+	all, err := q.List(ctx, archive.Filter{Namespace: ns})
+	if err != nil || len(all) != 3 {
+		t.Fatalf("listed %d (%v), want 3", len(all), err)
+	}
+	acme, _ := q.List(ctx, archive.Filter{Namespace: ns, Endpoint: "acme", Phase: StateSucceeded})
+	if len(acme) != 2 || acme[0].Endpoint != "acme" || string(acme[0].Payload) == "" || len(acme[0].History) != 1 {
+		t.Fatalf("acme's: %+v", acme)
+	}
+	name := hooklinev1.DeliveryName("e1", "globex")
+	one, _ := q.List(ctx, archive.Filter{Namespace: ns, Name: name})
+	if len(one) != 1 || one[0].Name != name || one[0].Phase != StateExhausted || one[0].History[0].StatusCode != 500 {
+		t.Fatalf("by name %s: %+v", name, one)
+	}
+	if other, _ := q.List(ctx, archive.Filter{Namespace: "elsewhere"}); len(other) != 0 {
+		t.Fatalf("another namespace's listing returned %d", len(other))
 	}
 }

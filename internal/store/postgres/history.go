@@ -1,0 +1,76 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
+)
+
+// List reads the queue as the history API reads the archive: a namespace's
+// deliveries, live and finished, newest first, with the archive's filters and record
+// type, so that kubectl hookline history shows either store the same way. A delivery
+// is named as a fan-out's WebhookDelivery would be; a live one's time is when it was
+// queued.
+func (q *Queue) List(ctx context.Context, f archive.Filter) ([]archive.Delivery, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	rows, err := q.pool.Query(ctx, `SELECT d.id, coalesce(d.finished_at, d.created_at) AS at, d.namespace, d.event_name, d.endpoint,
+			e.event_type, d.message_id, e.uid, d.state, d.attempts, d.created_at, d.history, e.payload
+		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name
+		WHERE d.namespace = @namespace
+		AND (@name = '' OR starts_with(@name, d.event_name || '-'))
+		AND (@endpoint = '' OR d.endpoint = @endpoint)
+		AND (@event_type = '' OR e.event_type = @event_type)
+		AND (@phase = '' OR d.state = @phase)
+		AND (@message_id = '' OR d.message_id = @message_id)
+		AND (@since::timestamptz IS NULL OR coalesce(d.finished_at, d.created_at) >= @since)
+		AND (@before::timestamptz IS NULL OR coalesce(d.finished_at, d.created_at) < @before)
+		ORDER BY at DESC, d.id LIMIT @limit`,
+		pgx.NamedArgs{"namespace": f.Namespace, "name": f.Name, "endpoint": f.Endpoint, "event_type": f.EventType, "phase": f.Phase,
+			"message_id": f.MessageID, "since": nullTime(f.Since), "before": nullTime(f.Before), "limit": f.Limit})
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (archive.Delivery, error) {
+		var d archive.Delivery
+		var id int64
+		var history, payload []byte
+		if err := row.Scan(&id, &d.FinishedAt, &d.Namespace, &d.EventName, &d.Endpoint, &d.EventType, &d.MessageID, &d.EventUID,
+			&d.Phase, &d.Attempts, &d.CreatedAt, &history, &payload); err != nil {
+			return d, err
+		}
+		d.UID = d.EventUID + "/" + d.Endpoint
+		d.Name = hooklinev1.DeliveryName(d.EventName, d.Endpoint)
+		d.Payload = payload
+		if err := json.Unmarshal(history, &d.History); err != nil {
+			return d, err
+		}
+		return d, nil
+	})
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	if f.Name != "" { // one delivery, by its name
+		kept := out[:0]
+		for _, d := range out {
+			if d.Name == f.Name {
+				kept = append(kept, d)
+			}
+		}
+		out = kept
+	}
+	return out, nil
+}
+
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/hookline/hookline/internal/delivery"
+	wire "github.com/hookline/hookline/internal/message"
+	"github.com/hookline/hookline/internal/signing"
+	"github.com/hookline/hookline/internal/testenv"
+	"github.com/hookline/hookline/pkg/publish"
+)
+
+// publishBatch is how many events one publish request carries in the benchmark.
+const publishBatch = 200
+
+// runPublishScenario publishes events through the publish API of a manager on the
+// PostgreSQL store, 1 KiB payloads in batches from `parallel` producers, and measures
+// the deliveries/s at the receiver and the manager's API writes per delivery.
+func runPublishScenario(ctx context.Context, env *testenv.Env, mgr *managerProcess, recv *receiver, base, ns, publishURL string,
+	events, endpoints int) (scenarioResult, error) {
+	res := scenarioResult{Events: events, Endpoints: endpoints, Deliveries: events * endpoints}
+	if err := createEndpoints(ctx, env.Client, base, ns, endpoints); err != nil {
+		return res, err
+	}
+	token, err := env.ServiceAccountToken(ctx, ns, "producer",
+		rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookevents"}, Verbs: []string{"create"}})
+	if err != nil {
+		return res, err
+	}
+	producer := publish.Client{URL: publishURL, Token: token}
+	before, err := mgr.metrics()
+	if err != nil {
+		return res, err
+	}
+	payload := json.RawMessage(`{"order":1,"note":"` + strings.Repeat("x", 1000) + `"}`)
+	var mu sync.Mutex
+	published := map[string]time.Time{} // event name -> when its batch was answered
+	start := time.Now()
+	batches := (events + publishBatch - 1) / publishBatch
+	err = inParallel(batches, func(b int) error {
+		var batch []publish.Event
+		for i := b * publishBatch; i < min((b+1)*publishBatch, events); i++ {
+			batch = append(batch, publish.Event{Name: fmt.Sprintf("order-%06d", i), Type: "order.created", Payload: payload})
+		}
+		if _, err := producer.Publish(ctx, ns, batch...); err != nil {
+			return err
+		}
+		now := time.Now()
+		mu.Lock()
+		for _, e := range batch {
+			published[e.Name] = now
+		}
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	want := res.Deliveries
+	prefix := "/" + ns + "/"
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
+		got, _ := recv.received(prefix)
+		return len(got) >= want, nil
+	}); err != nil {
+		got, _ := recv.received(prefix)
+		return res, fmt.Errorf("%d of %d deliveries received", len(got), want)
+	}
+	got, _ := recv.received(prefix)
+	var last time.Time
+	for _, at := range got {
+		if at.After(last) {
+			last = at
+		}
+	}
+	res.DeliveriesPerSec = float64(len(got)) / last.Sub(start).Seconds()
+	after, err := mgr.metrics()
+	if err != nil {
+		return res, err
+	}
+	res.RequestsPerMsg = map[string]float64{}
+	for _, verb := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+		if d := after.requests(verb) - before.requests(verb); d > 0 {
+			res.RequestsPerMsg[verb] = d / float64(want)
+		}
+	}
+	res.WritesPerMsg = res.RequestsPerMsg["POST"] + res.RequestsPerMsg["PUT"] + res.RequestsPerMsg["PATCH"] + res.RequestsPerMsg["DELETE"]
+	return res, nil
+}
+
+// measureCeiling signs and POSTs 1 KiB bodies to the loopback receiver as fast as the
+// manager's default connection cap (64 attempts at once) allows, nothing stored: the
+// most any store could deliver on this machine.
+func measureCeiling(ctx context.Context, base string, count int) (float64, error) {
+	key, err := signing.ParseSecret("whsec_" + strings.Repeat("A", 43) + "=")
+	if err != nil {
+		return 0, err
+	}
+	sender := delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/bench", MaxOpenConns: 64})
+	body, err := wire.Body("order.created", time.Now(), []byte(`{"order":1,"note":"`+strings.Repeat("x", 1000)+`"}`))
+	if err != nil {
+		return 0, err
+	}
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(count) {
+					return
+				}
+				req, _, err := wire.Build(wire.Attempt{ID: fmt.Sprintf("msg_ceiling%d", i), Body: body, URL: base + "/ceiling/0",
+					Signer: signing.Signer{Scheme: signing.StandardWebhooks}, Keys: []signing.Key{key}, Now: time.Now(), Timeout: 10 * time.Second})
+				if err != nil || sender.Send(ctx, req).StatusCode != http.StatusNoContent {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return 0, fmt.Errorf("the ceiling: %d of %d requests failed", n, count)
+	}
+	return float64(count) / time.Since(start).Seconds(), nil
+}
