@@ -38,18 +38,21 @@ type QueueSender struct {
 	EndpointMaxInFlight int
 	Clock               clock.Clock
 	Metrics             *Metrics
+	// Lease is how long a claim is held before another replica may take it.
+	Lease time.Duration
 
 	health   *endpointHealth
 	throttle *throttle.Throttle
 	recorder *pgstore.Recorder
 }
 
-// Queue timings: how long a claim is held before another replica may take it (longer
-// than any attempt: timeoutSeconds is at most 60), how often due retries are looked
-// for when no wakeup comes, and how soon a delivery refused by its endpoint's limits
-// is tried again.
+// DefaultDeliveryLease is how long a claim is held before another replica may take it:
+// longer than any attempt (timeoutSeconds is at most 60).
+const DefaultDeliveryLease = 2 * time.Minute
+
+// Queue timings: how often due retries are looked for when no wakeup comes, and how
+// soon a delivery refused by its endpoint's limits is tried again.
 const (
-	queueLease      = 2 * time.Minute
 	queuePoll       = 250 * time.Millisecond
 	queueDeferral   = 200 * time.Millisecond
 	queueWaitSecret = time.Minute
@@ -59,7 +62,10 @@ const (
 func newQueueSender(c client.Client, secrets SecretReader, health *endpointHealth, clk clock.Clock, cfg Config, owner string) *QueueSender {
 	s := &QueueSender{Client: c, Secrets: secrets, Sender: cfg.Sender, Queue: cfg.Queue, Owner: owner,
 		MaxConcurrent: max(cfg.MaxConcurrentDeliveries, 1), EndpointMaxInFlight: endpointShare(cfg), Clock: clk, Metrics: cfg.Metrics,
-		health: health, throttle: throttle.New(nil)}
+		Lease: cfg.DeliveryLease, health: health, throttle: throttle.New(nil)}
+	if s.Lease <= 0 {
+		s.Lease = DefaultDeliveryLease
+	}
 	// Group commit: up to 64 outcomes, or what 2 ms gathers, per transaction.
 	s.recorder = pgstore.NewRecorder(cfg.Queue, owner, 64, 2*time.Millisecond)
 	return s
@@ -72,9 +78,8 @@ func (s *QueueSender) NeedLeaderElection() bool { return false }
 // for the attempts in flight to be recorded before it returns.
 func (s *QueueSender) Start(ctx context.Context) error {
 	log := logf.FromContext(ctx).WithName("queue")
-	recordCtx, stopRecording := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopRecording()
-	go s.recorder.Run(recordCtx)
+	go s.recorder.Run(ctx)
+	defer s.recorder.Close() // after the workers: what they submitted is committed
 	wake := s.Queue.Wakeups(ctx)
 	workers := make(chan struct{}, s.MaxConcurrent)
 	freed := make(chan struct{}, 1)
@@ -84,7 +89,7 @@ func (s *QueueSender) Start(ctx context.Context) error {
 	for {
 		// Claim in batches: a quarter of the workers at least, unless woken.
 		if free := cap(workers) - len(workers); free > 0 {
-			claims, err := s.Queue.Claim(ctx, s.Owner, free, queueLease)
+			claims, err := s.Queue.Claim(ctx, s.Owner, free, s.Lease)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				if !failing {
@@ -128,18 +133,22 @@ func (s *QueueSender) Start(ctx context.Context) error {
 	}
 }
 
-// deliver makes at most one attempt of a claimed delivery and records what became of it.
+// deliver makes at most one attempt of a claimed delivery and submits what became of
+// it to the next group commit; the worker is free at once.
 func (s *QueueSender) deliver(ctx context.Context, c pgstore.Claim) {
 	out := s.attempt(ctx, c)
-	if err := s.recorder.Record(ctx, out); err != nil {
-		if errors.Is(err, pgstore.ErrLeaseLost) {
-			logf.FromContext(ctx).Info("a delivery's lease ended before its outcome was recorded; another replica tries it again",
+	log := logf.FromContext(ctx)
+	s.recorder.Submit(out, func(err error) {
+		switch {
+		case err == nil:
+		case errors.Is(err, pgstore.ErrLeaseLost):
+			log.Info("a delivery's lease ended before its outcome was recorded; another replica tries it again",
 				"namespace", c.Namespace, "event", c.EventName, "endpoint", c.Endpoint)
-			return
+		default:
+			log.Error(err, "recording a delivery's outcome failed; it is claimed again when its lease ends",
+				"namespace", c.Namespace, "event", c.EventName, "endpoint", c.Endpoint)
 		}
-		logf.FromContext(ctx).Error(err, "recording a delivery's outcome failed; it is claimed again when its lease ends",
-			"namespace", c.Namespace, "event", c.EventName, "endpoint", c.Endpoint)
-	}
+	})
 }
 
 // attempt decides and, when it may, sends; it returns the outcome to record.

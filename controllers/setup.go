@@ -48,6 +48,9 @@ type Config struct {
 	Queue *pgstore.Queue
 	// QueueOwner names this process's claims on the queue.
 	QueueOwner string
+	// DeliveryLease is how long a claim on the queue is held (DefaultDeliveryLease
+	// when zero).
+	DeliveryLease time.Duration
 	// Clock is the reconcilers' clock; nil means the real one. Tests inject a fake one
 	// to show that nothing final is rewritten as time passes.
 	Clock clock.WithTicker

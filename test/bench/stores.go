@@ -221,8 +221,8 @@ func judgeStores(rep *report, met func(bool) string) {
 	rep.Targets["postgres store, publish API, 1 endpoint: >= 10 x the etcd store"] = fmt.Sprintf("%s (%.1f x %.0f/s)",
 		met(api1.DeliveriesPerSec >= 10*etcd1), api1.DeliveriesPerSec/etcd1, etcd1)
 	rep.Targets["postgres store, publish API, 20 endpoints: >= 5,000 deliveries/s"] = fmt.Sprintf("%s (%.0f/s)", met(api20.DeliveriesPerSec >= 5000), api20.DeliveriesPerSec)
-	rep.Targets["postgres store, publish API: 0 API server writes per delivery"] = fmt.Sprintf("%s (%.4f, %.4f)",
-		met(api1.WritesPerMsg < 0.001 && api20.WritesPerMsg < 0.001), api1.WritesPerMsg, api20.WritesPerMsg)
+	rep.Targets["postgres store, publish API: 0 API server writes per delivery (hookline objects, the API server's count)"] = fmt.Sprintf("%s (%.4f, %.4f)",
+		met(api1.WritesPerMsg < 0.0005 && api20.WritesPerMsg < 0.0005), api1.WritesPerMsg, api20.WritesPerMsg)
 	half := r.Postgres[len(r.Postgres)-1]
 	rep.Targets["postgres store, half rate: p99 <= 50 ms"] = fmt.Sprintf("%s (%.1f ms)", met(half.LatencyMs["p99"] <= 50), half.LatencyMs["p99"])
 }

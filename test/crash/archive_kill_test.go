@@ -28,20 +28,38 @@ import (
 	"github.com/hookline/hookline/internal/testenv"
 )
 
-// buildManager builds the manager binary, with the race detector like the tests
-// (so that it links what `make test` compiled already).
-func buildManager(t *testing.T, dir string) string {
+// buildManager builds the manager binary once per test binary, with the race
+// detector like the tests (so that it links what `make test` compiled already).
+func buildManager(t *testing.T, _ string) string {
 	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(here), "..", "..")
-	bin := filepath.Join(dir, "manager")
-	cmd := exec.Command("go", "build", "-race", "-o", bin, ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	managerOnce.Do(func() {
+		_, here, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(here), "..", "..")
+		dir, err := os.MkdirTemp("", "hookline-crash-")
+		if err != nil {
+			managerErr = err
+			return
+		}
+		managerBin = filepath.Join(dir, "manager")
+		cmd := exec.Command("go", "build", "-race", "-o", managerBin, ".")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			managerErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if managerErr != nil {
+		t.Fatal(managerErr)
 	}
-	return bin
+	return managerBin
 }
+
+// The binary built once for every test of the package (removed with the temp dir
+// at the end by the system; it is not worth a TestMain).
+var (
+	managerOnce sync.Once
+	managerBin  string
+	managerErr  error
+)
 
 func freeAddr(t *testing.T) string {
 	t.Helper()

@@ -185,6 +185,27 @@ func TestPostgresStoreIsOptionalAndWiredAlike(t *testing.T) {
 		if !contains(args, "--delivery-store=postgres") || !contains(args, "--archive-postgres-dsn-file=/etc/hookline/archive/dsn") {
 			t.Errorf("%s: args %v", name, args)
 		}
+		publishPort := false
+		for _, p := range pod.Containers[0].Ports {
+			publishPort = publishPort || (p.Name == "publish" && p.ContainerPort == 8445)
+		}
+		if !publishPort {
+			t.Errorf("%s: no publish port: %+v", name, pod.Containers[0].Ports)
+		}
+	}
+	for name, objs := range map[string][]*unstructured.Unstructured{
+		"with-postgres-store overlay": renderDir(t, "overlays/with-postgres-store"),
+		"chart with deliveryStore=postgres": helmTemplate(t, "--set", "deliveryStore=postgres", "--set", "archive.enable=true",
+			"--set", "archive.dsnSecretName=hookline-archive"),
+	} {
+		found := false
+		for _, svc := range byKind(objs, "Service") {
+			s := convert[corev1.Service](t, svc)
+			found = found || (strings.HasSuffix(s.Name, "-publish") && len(s.Spec.Ports) == 1 && s.Spec.Ports[0].Port == 8445)
+		}
+		if !found {
+			t.Errorf("%s: no publish Service on 8445", name)
+		}
 	}
 	helm, err := testenv.Tool("helm")
 	testenv.SkipIfMissing(t, err)

@@ -319,9 +319,10 @@ func (q *Queue) Deliveries(ctx context.Context, namespace string, limit int) ([]
 	return out, q.redact(err)
 }
 
-// Recorder batches outcomes into group commits: a worker's Record waits for the
-// commit that carries its outcome, and one commit carries up to maxBatch outcomes
-// gathered for at most maxWait, so a busy queue pays one round trip per batch.
+// Recorder batches outcomes into group commits: one commit carries up to maxBatch
+// outcomes gathered for at most maxWait, so a busy queue pays one round trip per
+// batch, and a worker that submits an outcome is free at once (the claim's lease
+// covers the moment until the commit).
 type Recorder struct {
 	q        *Queue
 	owner    string
@@ -330,52 +331,64 @@ type Recorder struct {
 
 	in      chan recordRequest
 	commits atomic.Int64
+	done    chan struct{}
 }
 
 type recordRequest struct {
 	outcome Outcome
-	done    chan error
+	then    func(error)
 }
 
 // NewRecorder returns a recorder of owner's outcomes; Run must be running.
 func NewRecorder(q *Queue, owner string, maxBatch int, maxWait time.Duration) *Recorder {
-	return &Recorder{q: q, owner: owner, maxBatch: maxBatch, maxWait: maxWait, in: make(chan recordRequest, maxBatch*4)}
+	return &Recorder{q: q, owner: owner, maxBatch: maxBatch, maxWait: maxWait,
+		in: make(chan recordRequest, maxBatch*4), done: make(chan struct{})}
 }
 
 // Commits is how many group commits the recorder made.
 func (r *Recorder) Commits() int64 { return r.commits.Load() }
 
+// Submit queues an outcome for the next group commit; then, if set, is called with its
+// result. It blocks only while the recorder is that far behind (backpressure).
+func (r *Recorder) Submit(o Outcome, then func(error)) {
+	r.in <- recordRequest{outcome: o, then: then}
+}
+
 // Record writes an outcome in the next group commit and returns its result.
 func (r *Recorder) Record(ctx context.Context, o Outcome) error {
-	req := recordRequest{outcome: o, done: make(chan error, 1)}
+	result := make(chan error, 1)
+	r.Submit(o, func(err error) { result <- err })
 	select {
-	case r.in <- req:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-req.done:
+	case err := <-result:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// Run commits batches until ctx ends.
+// Close ends Run once what was submitted is committed; nothing may be submitted after.
+func (r *Recorder) Close() {
+	close(r.in)
+	<-r.done
+}
+
+// Run commits batches until Close.
 func (r *Recorder) Run(ctx context.Context) {
+	defer close(r.done)
 	for {
-		var batch []recordRequest
-		select {
-		case <-ctx.Done():
+		req, open := <-r.in
+		if !open {
 			return
-		case req := <-r.in:
-			batch = append(batch, req)
 		}
+		batch := []recordRequest{req}
 		timer := time.NewTimer(r.maxWait)
 	gather:
 		for len(batch) < r.maxBatch {
 			select {
-			case req := <-r.in:
+			case req, open := <-r.in:
+				if !open {
+					break gather
+				}
 				batch = append(batch, req)
 			case <-timer.C:
 				break gather
@@ -398,10 +411,13 @@ func (r *Recorder) commit(ctx context.Context, batch []recordRequest) {
 	results, err := r.q.Record(wctx, r.owner, outcomes)
 	r.commits.Add(1)
 	for i, req := range batch {
+		if req.then == nil {
+			continue
+		}
 		if err != nil {
-			req.done <- err
+			req.then(err)
 		} else {
-			req.done <- results[i]
+			req.then(results[i])
 		}
 	}
 }
