@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -44,6 +45,9 @@ type QueueSender struct {
 	health   *endpointHealth
 	throttle *throttle.Throttle
 	recorder *pgstore.Recorder
+	// waiters are the claims waiting in this process for their endpoint's limits,
+	// by throttle caller: the throttle wakes one when a slot frees.
+	waiters sync.Map // string -> chan struct{}
 }
 
 // DefaultDeliveryLease is how long a claim is held before another replica may take it:
@@ -57,12 +61,16 @@ const (
 	queueDeferral   = 200 * time.Millisecond
 	queueWaitSecret = time.Minute
 	queueWaitReady  = 5 * time.Second
+	// queueAdmitWait is how long a claim waits in process for its endpoint's limits
+	// (an in-flight slot frees in milliseconds) before it is put back with a due time.
+	queueAdmitWait = time.Second
 )
 
 func newQueueSender(c client.Client, secrets SecretReader, health *endpointHealth, clk clock.Clock, cfg Config, owner string) *QueueSender {
 	s := &QueueSender{Client: c, Secrets: secrets, Sender: cfg.Sender, Queue: cfg.Queue, Owner: owner,
 		MaxConcurrent: max(cfg.MaxConcurrentDeliveries, 1), EndpointMaxInFlight: endpointShare(cfg), Clock: clk, Metrics: cfg.Metrics,
-		Lease: cfg.DeliveryLease, health: health, throttle: throttle.New(nil)}
+		Lease: cfg.DeliveryLease, health: health}
+	s.throttle = throttle.New(s.wakeWaiter)
 	if s.Lease <= 0 {
 		s.Lease = DefaultDeliveryLease
 	}
@@ -175,13 +183,11 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 	}
 	key := ep.Namespace + "/" + ep.Name
 	caller := strconv.FormatInt(c.ID, 10)
-	admission := s.throttle.Acquire(key, caller, s.limits(&ep), now)
+	admission := s.admit(ctx, key, caller, s.limits(&ep))
 	if !admission.Admitted() {
-		if admission.RetryAfter == 0 {
-			s.throttle.Forget(key, caller) // no wakeup comes to a claim: it is due again shortly
-		} // a rate slot stays reserved for this claim's return
 		return later(max(admission.RetryAfter, queueDeferral), hooklinev1.ReasonWaiting)
 	}
+	now = s.Clock.Now() // the attempt's time, after any wait
 	body, err := wire.Body(c.EventType, c.CreatedAt, c.Payload)
 	if err != nil {
 		admission.Release()
@@ -211,6 +217,50 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 	last := next.History[len(next.History)-1]
 	return s.finished(c, next, &pgstore.Attempt{Time: now, DurationMs: last.DurationMs, StatusCode: last.StatusCode,
 		Error: last.Error, Response: last.Response})
+}
+
+// admit asks the throttle for the endpoint's limits, waiting in process up to
+// queueAdmitWait: woken when an in-flight slot frees, or when its rate slot comes.
+// Not admitted by then, the claim goes back to the queue with a due time (a rate slot
+// stays reserved for its return).
+func (s *QueueSender) admit(ctx context.Context, key, caller string, lim throttle.Limits) throttle.Decision {
+	woken := make(chan struct{}, 1)
+	s.waiters.Store(caller, woken)
+	defer s.waiters.Delete(caller)
+	deadline := time.Now().Add(queueAdmitWait)
+	for {
+		d := s.throttle.Acquire(key, caller, lim, s.Clock.Now())
+		if d.Admitted() {
+			return d
+		}
+		left := time.Until(deadline)
+		if left <= 0 || d.RetryAfter > left {
+			if d.RetryAfter == 0 {
+				s.throttle.Forget(key, caller)
+			}
+			return d
+		}
+		wait := left
+		if d.RetryAfter > 0 {
+			wait = d.RetryAfter
+		}
+		select {
+		case <-ctx.Done():
+			s.throttle.Forget(key, caller)
+			return throttle.Decision{}
+		case <-woken:
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (s *QueueSender) wakeWaiter(caller string) {
+	if ch, ok := s.waiters.Load(caller); ok {
+		select {
+		case ch.(chan struct{}) <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // finished turns the state machine's status into the outcome to record.

@@ -26,6 +26,8 @@ type Postgres struct {
 	dir  string
 	port int
 	cred *syscall.Credential
+	// durable keeps PostgreSQL's fsync and full page writes on.
+	durable bool
 }
 
 // PostgresBin finds the directory of initdb and pg_ctl.
@@ -42,8 +44,15 @@ func PostgresBin() (string, error) {
 	return filepath.Dir(matches[len(matches)-1]), nil
 }
 
-// StartPostgres initialises and starts a cluster with a database named hookline.
-func StartPostgres() (*Postgres, error) {
+// StartPostgres initialises and starts a cluster with a database named hookline,
+// without fsync: tests need no durability across a machine crash.
+func StartPostgres() (*Postgres, error) { return startPostgres(false) }
+
+// StartDurablePostgres is StartPostgres with PostgreSQL's own defaults for durability
+// (fsync, full page writes): what the benchmark measures against.
+func StartDurablePostgres() (*Postgres, error) { return startPostgres(true) }
+
+func startPostgres(durable bool) (*Postgres, error) {
 	if err := checkWanted(); err != nil {
 		return nil, err
 	}
@@ -55,7 +64,7 @@ func StartPostgres() (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{bin: bin, dir: dir}
+	p := &Postgres{bin: bin, dir: dir, durable: durable}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -100,7 +109,10 @@ func (p *Postgres) run(tool string, args ...string) ([]byte, error) {
 
 // Start starts the server (again) and waits until it accepts connections.
 func (p *Postgres) Start() error {
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c full_page_writes=off", p.port, p.dir)
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s", p.port, p.dir)
+	if !p.durable {
+		opts += " -c fsync=off -c full_page_writes=off"
+	}
 	if out, err := p.run("pg_ctl", "-D", p.data(), "-o", opts, "-l", filepath.Join(p.dir, "log"), "-w", "-t", "60", "start"); err != nil {
 		return fmt.Errorf("pg_ctl start: %v: %s", err, out)
 	}
