@@ -3,7 +3,6 @@ package cli
 import (
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -110,16 +109,9 @@ func (a *app) fetchHistory(q historyQuery, path string, params url.Values) (*his
 	if err != nil {
 		return nil, err
 	}
-	token := cfg.BearerToken
-	if token == "" && cfg.BearerTokenFile != "" {
-		raw, err := os.ReadFile(cfg.BearerTokenFile)
-		if err != nil {
-			return nil, err
-		}
-		token = strings.TrimSpace(string(raw))
-	}
-	if token == "" {
-		return nil, errors.New("history needs a bearer token in the kubeconfig (the manager has the cluster review it; a client certificate cannot be passed on), e.g. one from kubectl create token")
+	token, err := bearerToken(cfg, "history")
+	if err != nil {
+		return nil, err
 	}
 	var target string
 	var hc *http.Client
@@ -223,4 +215,21 @@ func lastCode(d archive.Delivery) int32 {
 		return 0
 	}
 	return d.History[len(d.History)-1].StatusCode
+}
+
+// bearerToken is the kubeconfig's token, which the manager's own APIs (history,
+// publish) have the cluster review; a client certificate cannot be passed on.
+func bearerToken(cfg *rest.Config, what string) (string, error) {
+	token := cfg.BearerToken
+	if token == "" && cfg.BearerTokenFile != "" {
+		raw, err := os.ReadFile(cfg.BearerTokenFile)
+		if err != nil {
+			return "", err
+		}
+		token = strings.TrimSpace(string(raw))
+	}
+	if token == "" {
+		return "", fmt.Errorf("%s needs a bearer token in the kubeconfig (the manager has the cluster review it; a client certificate cannot be passed on), e.g. one from kubectl create token", what)
+	}
+	return token, nil
 }

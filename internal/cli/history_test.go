@@ -9,12 +9,20 @@ import (
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/controllers"
 
 	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/callerauth"
 	"github.com/hookline/hookline/internal/historyapi"
 	"github.com/hookline/hookline/internal/httpsserve"
+	"github.com/hookline/hookline/internal/publishapi"
+	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -107,5 +115,74 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 	r = plugin(adminKube, ns, "", append([]string{"history"}, direct...)...)
 	if r.code != 1 || !strings.Contains(r.err, "needs a bearer token") {
 		t.Fatalf("a certificate user: exit %d\n%s", r.code, r.err)
+	}
+}
+
+// `kubectl hookline publish --publish-url` through the PostgreSQL store's publish API,
+// as a ServiceAccount allowed to create webhookevents and as one that is not.
+func TestPublishThroughTheAPI(t *testing.T) {
+	testenv.Needs(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pg, err := testenv.StartPostgres()
+	testenv.SkipIfMissing(t, err)
+	t.Cleanup(func() { _ = pg.Remove() })
+	queue, err := pgstore.Open(ctx, pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(queue.Close)
+	ns := newNamespace(t)
+	if err := k8s.Create(ctx, &hooklinev1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "acme"},
+		Spec: hooklinev1.WebhookEndpointSpec{URL: "https://receiver.example/", Events: []string{"*"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		var ep hooklinev1.WebhookEndpoint
+		return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, &ep) == nil && ep.AcceptsDeliveries(), nil
+	}); err != nil {
+		t.Fatalf("acme not Ready: %v", err)
+	}
+	clientset, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan string, 1)
+	srv := &httpsserve.Server{Addr: "127.0.0.1:0", Listening: listening, Handler: publishapi.Handler{
+		Auth:      &callerauth.Cached{Reviewer: callerauth.KubeAuth{Client: clientset}, TTL: time.Second},
+		Publisher: controllers.QueuePublisher{Endpoints: k8s, Queue: queue},
+	}}
+	go func() { _ = srv.Start(ctx) }()
+	api := []string{"--publish-url", "https://" + <-listening, "--publish-insecure-skip-tls-verify"}
+	dir := t.TempDir()
+	kubeconfig := func(name string, rules ...rbacv1.PolicyRule) string {
+		tok, err := env.ServiceAccountToken(ctx, ns, name, rules...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path, err := env.TokenKubeconfig(dir, name, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	producer := kubeconfig("producer", rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookevents"}, Verbs: []string{"create"}})
+	stranger := kubeconfig("stranger")
+
+	r := plugin(producer, ns, "", append([]string{"publish", "--type", "order.created", "--data", `{"order":1}`, "--name", "order-1"}, api...)...).ok(t)
+	if !strings.Contains(r.out, "event order-1 published: 1 deliveries queued") {
+		t.Fatalf("publish: %s", r.out)
+	}
+	r = plugin(producer, ns, "", append([]string{"publish", "--type", "order.created", "--data", `{"order":1}`, "--name", "order-1"}, api...)...).ok(t)
+	if !strings.Contains(r.out, "nothing queued") {
+		t.Fatalf("publishing the same name again: %s", r.out)
+	}
+	ds, err := queue.Deliveries(ctx, ns, 10)
+	if err != nil || len(ds) != 1 || ds[0].EventName != "order-1" || ds[0].Endpoint != "acme" {
+		t.Fatalf("queued %+v (%v)", ds, err)
+	}
+	r = plugin(stranger, ns, "", append([]string{"publish", "--type", "order.created", "--data", `{"order":2}`}, api...)...)
+	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not create webhookevents.hookline.dev") {
+		t.Fatalf("a ServiceAccount without the Role: exit %d\n%s%s", r.code, r.out, r.err)
 	}
 }

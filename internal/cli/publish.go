@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
@@ -13,13 +17,15 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/pkg/publish"
 )
 
 func (a *app) publishCommand() *cobra.Command {
-	var typ, data, name string
+	var typ, data, name, publishURL string
+	var insecure bool
 	cmd := &cobra.Command{
 		Use:   "publish --type T --data @file.json [--name NAME]",
-		Short: "Publish a WebhookEvent; its name is the idempotency key",
+		Short: "Publish an event (a WebhookEvent, or through the publish API); its name is the idempotency key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if typ == "" || !eventNamePattern.MatchString(typ) || len(typ) > 128 {
@@ -28,6 +34,9 @@ func (a *app) publishCommand() *cobra.Command {
 			payload, err := a.readData(data)
 			if err != nil {
 				return err
+			}
+			if publishURL != "" {
+				return a.publishThroughAPI(publishURL, insecure, name, typ, payload)
 			}
 			ev := &hooklinev1.WebhookEvent{
 				ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: name},
@@ -52,7 +61,40 @@ func (a *app) publishCommand() *cobra.Command {
 	cmd.Flags().StringVar(&typ, "type", "", "the event type (required)")
 	cmd.Flags().StringVar(&data, "data", "", "the JSON object payload, inline or @file (@- reads stdin)")
 	cmd.Flags().StringVar(&name, "name", "", "the event's name: publishing the same name twice delivers once")
+	cmd.Flags().StringVar(&publishURL, "publish-url", "", "publish through the manager's publish API at this URL (the PostgreSQL store; a port-forward or a Service address) with the kubeconfig's token, instead of creating a WebhookEvent")
+	cmd.Flags().BoolVar(&insecure, "publish-insecure-skip-tls-verify", false, "with --publish-url: do not verify its certificate (the manager makes its own; the token is what is trusted)")
 	return cmd
+}
+
+// publishThroughAPI publishes one event through the publish API with the user's token.
+func (a *app) publishThroughAPI(url string, insecure bool, name, typ string, payload []byte) error {
+	cfg, err := a.kube.ClientConfig()
+	if err != nil {
+		return err
+	}
+	token, err := bearerToken(cfg, "publish --publish-url")
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		suffix := make([]byte, 4)
+		_, _ = rand.Read(suffix)
+		name = strings.ReplaceAll(typ, "_", "-") + "-" + hex.EncodeToString(suffix)
+	}
+	c := publish.Client{URL: strings.TrimSuffix(url, "/"), Token: token, Attempts: 3,
+		HTTP: &http.Client{Timeout: a.timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}}}}
+	ctx, cancel := a.context()
+	defer cancel()
+	resp, err := c.Publish(ctx, a.ns, publish.Event{Name: name, Type: typ, Payload: payload})
+	if err != nil {
+		return err
+	}
+	if resp.Queued == 0 {
+		fmt.Fprintf(a.out, "event %s published before, or no endpoint receives it: nothing queued\n", name)
+		return nil
+	}
+	fmt.Fprintf(a.out, "event %s published: %d deliveries queued\n", name, resp.Queued)
+	return nil
 }
 
 // readData reads --data: inline JSON, @file or @- for stdin; it must be an object.
