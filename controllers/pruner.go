@@ -66,6 +66,11 @@ type Pruner struct {
 	Archive          Archiver
 	ArchiveRetention time.Duration
 	Metrics          *Metrics
+	// QueueHistory, with the PostgreSQL store, is the queue's history, kept for
+	// ArchiveRetention too.
+	QueueHistory interface {
+		DropBefore(ctx context.Context, cutoff time.Time) ([]string, error)
+	}
 
 	// deleting holds the units queued or being deleted (by the UID of their first
 	// object): the walks leave them out of their plans but count them until gone.
@@ -326,18 +331,32 @@ const archiveRetentionEvery = time.Hour
 
 // expireArchive drops the archive's days older than its retention, once an hour.
 func (p *Pruner) expireArchive(ctx context.Context) {
-	if p.Archive == nil || p.ArchiveRetention <= 0 || p.Clock.Since(p.archiveDroppedAt) < archiveRetentionEvery {
+	if p.ArchiveRetention <= 0 || p.Clock.Since(p.archiveDroppedAt) < archiveRetentionEvery {
 		return
 	}
-	dropped, err := p.Archive.DropBefore(ctx, p.Clock.Now().Add(-p.ArchiveRetention))
-	if err != nil {
-		logf.FromContext(ctx).Error(err, "archive retention")
-		return
+	var queue interface {
+		DropBefore(context.Context, time.Time) ([]string, error)
+	}
+	if p.QueueHistory != nil {
+		queue = p.QueueHistory
+	}
+	cutoff := p.Clock.Now().Add(-p.ArchiveRetention)
+	for _, history := range []interface {
+		DropBefore(context.Context, time.Time) ([]string, error)
+	}{p.Archive, queue} {
+		if history == nil {
+			continue
+		}
+		dropped, err := history.DropBefore(ctx, cutoff)
+		if err != nil {
+			logf.FromContext(ctx).Error(err, "archive retention")
+			return
+		}
+		if len(dropped) > 0 {
+			logf.FromContext(ctx).Info("archive retention dropped history", "what", dropped)
+		}
 	}
 	p.archiveDroppedAt = p.Clock.Now()
-	if len(dropped) > 0 {
-		logf.FromContext(ctx).Info("archive retention dropped days", "partitions", dropped)
-	}
 }
 
 // deleteUnit deletes an event first, so that it is not recounted as its deliveries

@@ -104,8 +104,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := events.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("event controller: %w", err)
 	}
-	if err := mgr.Add(&Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake,
-		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention, Metrics: cfg.Metrics}); err != nil {
+	pruner := &Pruner{Client: mgr.GetClient(), Cache: mgr.GetCache(), Retention: cfg.Retention, Gate: gate, Clock: clk, Wake: events.wake,
+		Archive: cfg.Archive, ArchiveRetention: cfg.ArchiveRetention, Metrics: cfg.Metrics}
+	if cfg.Queue != nil {
+		pruner.QueueHistory = cfg.Queue
+	}
+	if err := mgr.Add(pruner); err != nil {
 		return err
 	}
 	if cfg.Queue != nil {

@@ -421,3 +421,30 @@ func (r *Recorder) commit(ctx context.Context, batch []recordRequest) {
 		}
 	}
 }
+
+// DropBefore deletes the history older than cutoff: events published before it whose
+// deliveries have all finished, with their deliveries, in batches so that no
+// transaction holds the queue for long. It runs hourly on the leader, off the hot
+// path. A name published again after its event was dropped is a new event.
+func (q *Queue) DropBefore(ctx context.Context, cutoff time.Time) ([]string, error) {
+	total := int64(0)
+	for {
+		tag, err := q.pool.Exec(ctx, `DELETE FROM hookline_queue_events WHERE ctid IN (
+				SELECT e.ctid FROM hookline_queue_events e
+				WHERE e.created_at < $1 AND NOT EXISTS (
+					SELECT 1 FROM hookline_queue_deliveries d
+					WHERE d.namespace = e.namespace AND d.event_name = e.name AND d.finished_at IS NULL)
+				LIMIT 5000)`, cutoff)
+		if err != nil {
+			return nil, q.redact(err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 5000 {
+			break
+		}
+	}
+	if total == 0 {
+		return nil, nil
+	}
+	return []string{fmt.Sprintf("%d queued events and their deliveries", total)}, nil
+}

@@ -311,3 +311,35 @@ func TestQueueListsAsTheHistory(t *testing.T) {
 		t.Fatalf("another namespace's listing returned %d", len(other))
 	}
 }
+
+// Retention drops finished history older than the cutoff, and nothing unfinished.
+func TestDropBeforeKeepsWhatIsUnfinished(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "retention"
+	if _, err := q.Publish(ctx, []Event{event(ns, "done", "a", "b"), event(ns, "live", "a"), event(ns, "recent", "a")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET finished_at = now(), state = 'Succeeded' WHERE event_name IN ('done', 'recent')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_events SET created_at = now() - interval '40 days' WHERE name IN ('done', 'live')`); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := q.DropBefore(ctx, time.Now().Add(-30*24*time.Hour))
+	if err != nil || len(dropped) != 1 {
+		t.Fatalf("dropped %v (%v)", dropped, err)
+	}
+	ds, err := q.Deliveries(ctx, ns, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[string]int{}
+	for _, d := range ds {
+		left[d.EventName]++
+	}
+	if left["done"] != 0 || left["live"] != 1 || left["recent"] != 1 {
+		t.Fatalf("left after retention: %v, want live and recent only", left)
+	}
+}
