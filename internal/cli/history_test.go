@@ -71,15 +71,7 @@ func TestHistoryAsAllowedAndRefusedUsers(t *testing.T) {
 
 	dir := t.TempDir()
 	kubeconfig := func(name string, rules ...rbacv1.PolicyRule) string {
-		tok, err := env.ServiceAccountToken(ctx, ns, name, rules...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path, err := env.TokenKubeconfig(dir, name, tok)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return path
+		return serviceAccountKubeconfig(t, dir, ns, name, rules...)
 	}
 	support := kubeconfig("support", rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"list"}})
 	stranger := kubeconfig("stranger")
@@ -156,15 +148,7 @@ func TestPublishThroughTheAPI(t *testing.T) {
 	api := []string{"--publish-url", "https://" + <-listening, "--publish-insecure-skip-tls-verify"}
 	dir := t.TempDir()
 	kubeconfig := func(name string, rules ...rbacv1.PolicyRule) string {
-		tok, err := env.ServiceAccountToken(ctx, ns, name, rules...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path, err := env.TokenKubeconfig(dir, name, tok)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return path
+		return serviceAccountKubeconfig(t, dir, ns, name, rules...)
 	}
 	producer := kubeconfig("producer", rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookevents"}, Verbs: []string{"create"}})
 	stranger := kubeconfig("stranger")
@@ -185,4 +169,19 @@ func TestPublishThroughTheAPI(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not create webhookevents.hookline.dev") {
 		t.Fatalf("a ServiceAccount without the Role: exit %d\n%s%s", r.code, r.out, r.err)
 	}
+}
+
+// serviceAccountKubeconfig makes a ServiceAccount in ns granted rules (none: nothing)
+// and writes a kubeconfig that authenticates as it with a token.
+func serviceAccountKubeconfig(t *testing.T, dir, ns, name string, rules ...rbacv1.PolicyRule) string {
+	t.Helper()
+	tok, err := env.ServiceAccountToken(context.Background(), ns, name, rules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := env.TokenKubeconfig(dir, name, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

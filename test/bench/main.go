@@ -435,6 +435,18 @@ func (r *receiver) received(prefix string) (map[string]time.Time, int) {
 	return out, retried
 }
 
+// waitFor waits until want distinct deliveries under prefix have arrived.
+func (r *receiver) waitFor(ctx context.Context, prefix string, want int) error {
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
+		got, _ := r.received(prefix)
+		return len(got) >= want, nil
+	}); err != nil {
+		got, _ := r.received(prefix)
+		return fmt.Errorf("%d of %d deliveries received", len(got), want)
+	}
+	return nil
+}
+
 func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, recv *receiver, base, ns string,
 	events, endpoints int, rate float64, failPercent int, queued bool) (scenarioResult, error) {
 	res := scenarioResult{Events: events, Endpoints: endpoints, Deliveries: events * endpoints, CreateRateLimited: rate}
@@ -491,12 +503,8 @@ func runScenario(ctx context.Context, admin client.Client, mgr *managerProcess, 
 	}
 	want := events * endpoints
 	prefix := "/" + ns + "/"
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
-		got, _ := recv.received(prefix)
-		return len(got) >= want, nil
-	}); err != nil {
-		got, _ := recv.received(prefix)
-		return res, fmt.Errorf("%d of %d deliveries received", len(got), want)
+	if err := recv.waitFor(ctx, prefix, want); err != nil {
+		return res, err
 	}
 	got, retried := recv.received(prefix)
 	var last time.Time

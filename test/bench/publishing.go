@@ -12,7 +12,6 @@ import (
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hookline/hookline/internal/delivery"
@@ -49,8 +48,6 @@ func runPublishScenario(ctx context.Context, env *testenv.Env, mgr *managerProce
 		return res, err
 	}
 	payload := json.RawMessage(`{"order":1,"note":"` + strings.Repeat("x", 1000) + `"}`)
-	var mu sync.Mutex
-	published := map[string]time.Time{} // event name -> when its batch was answered
 	start := time.Now()
 	batches := (events + publishBatch - 1) / publishBatch
 	err = inParallel(batches, func(b int) error {
@@ -58,28 +55,16 @@ func runPublishScenario(ctx context.Context, env *testenv.Env, mgr *managerProce
 		for i := b * publishBatch; i < min((b+1)*publishBatch, events); i++ {
 			batch = append(batch, publish.Event{Name: fmt.Sprintf("order-%06d", i), Type: "order.created", Payload: payload})
 		}
-		if _, err := producer.Publish(ctx, ns, batch...); err != nil {
-			return err
-		}
-		now := time.Now()
-		mu.Lock()
-		for _, e := range batch {
-			published[e.Name] = now
-		}
-		mu.Unlock()
-		return nil
+		_, err := producer.Publish(ctx, ns, batch...)
+		return err
 	})
 	if err != nil {
 		return res, err
 	}
 	want := res.Deliveries
 	prefix := "/" + ns + "/"
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
-		got, _ := recv.received(prefix)
-		return len(got) >= want, nil
-	}); err != nil {
-		got, _ := recv.received(prefix)
-		return res, fmt.Errorf("%d of %d deliveries received", len(got), want)
+	if err := recv.waitFor(ctx, prefix, want); err != nil {
+		return res, err
 	}
 	got, _ := recv.received(prefix)
 	var last time.Time

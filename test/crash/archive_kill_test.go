@@ -61,6 +61,36 @@ var (
 	managerErr  error
 )
 
+// rig is what every test here needs: a control plane, PostgreSQL, the manager binary,
+// an administrator's kubeconfig and a DSN file; all go when the test ends.
+type rig struct {
+	env                 *testenv.Env
+	pg                  *testenv.Postgres
+	dir, bin            string
+	kubeconfig, dsnFile string
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	testenv.Needs(t)
+	env, err := testenv.Start()
+	testenv.SkipIfMissing(t, err)
+	t.Cleanup(func() { _ = env.Stop() })
+	pg, err := testenv.StartPostgres()
+	testenv.SkipIfMissing(t, err)
+	t.Cleanup(func() { _ = pg.Remove() })
+	r := &rig{env: env, pg: pg, dir: t.TempDir()}
+	r.bin = buildManager(t, r.dir)
+	if r.kubeconfig, err = env.Kubeconfig(r.dir, "manager", "system:masters"); err != nil {
+		t.Fatal(err)
+	}
+	r.dsnFile = filepath.Join(r.dir, "dsn")
+	if err := os.WriteFile(r.dsnFile, []byte(pg.DSN), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -75,29 +105,14 @@ func freeAddr(t *testing.T) string {
 // one archives what was left (the rows already written are written again, harmlessly)
 // and prunes it. Every delivery is in the archive exactly once, none in the cluster.
 func TestManagerKilledWhileArchivingLosesAndDuplicatesNothing(t *testing.T) {
-	testenv.Needs(t)
 	ctx := context.Background()
-	env, err := testenv.Start()
-	testenv.SkipIfMissing(t, err)
-	defer func() { _ = env.Stop() }()
-	pg, err := testenv.StartPostgres()
-	testenv.SkipIfMissing(t, err)
-	defer func() { _ = pg.Remove() }()
-	store, err := archive.Open(ctx, pg.DSN)
+	r := newRig(t)
+	env, dir, bin, kubeconfig, dsnFile := r.env, r.dir, r.bin, r.kubeconfig, r.dsnFile
+	store, err := archive.Open(ctx, r.pg.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	dir := t.TempDir()
-	bin := buildManager(t, dir)
-	kubeconfig, err := env.Kubeconfig(dir, "manager", "system:masters")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsnFile := filepath.Join(dir, "dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	const ns = "crash"
 	start := func() *exec.Cmd {
 		log, err := os.Create(filepath.Join(dir, fmt.Sprintf("manager-%d.log", time.Now().UnixNano())))

@@ -22,7 +22,6 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
-	"github.com/hookline/hookline/internal/testenv"
 	"github.com/hookline/hookline/pkg/publish"
 )
 
@@ -31,29 +30,14 @@ import (
 // its claims when their leases end: every message arrives, and the ones that arrive
 // twice are at most what the dead one had in flight (at least once, never lost).
 func TestReplicaKilledWhileDeliveringFromTheQueueLosesNothing(t *testing.T) {
-	testenv.Needs(t)
 	ctx := context.Background()
-	env, err := testenv.Start()
-	testenv.SkipIfMissing(t, err)
-	defer func() { _ = env.Stop() }()
-	pg, err := testenv.StartPostgres()
-	testenv.SkipIfMissing(t, err)
-	defer func() { _ = pg.Remove() }()
-	queue, err := pgstore.Open(ctx, pg.DSN)
+	r := newRig(t)
+	env, dir, bin, kubeconfig, dsnFile := r.env, r.dir, r.bin, r.kubeconfig, r.dsnFile
+	queue, err := pgstore.Open(ctx, r.pg.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer queue.Close()
-	dir := t.TempDir()
-	bin := buildManager(t, dir)
-	kubeconfig, err := env.Kubeconfig(dir, "manager", "system:masters")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsnFile := filepath.Join(dir, "dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	const ns = "crash-queue"
 	const maxConcurrent = 16
 	start := func(name string) (*exec.Cmd, string) {
