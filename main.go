@@ -302,8 +302,9 @@ func run(ctx context.Context, o *options) error {
 		// The history API reads the store that keeps the deliveries: the queue in
 		// postgres mode, the archive otherwise.
 		var history historyapi.Reader = store
+		var retrier historyapi.Retrier
 		if queue != nil {
-			history = queue
+			history, retrier = queue, queue
 		}
 		if o.historyAddr != "0" {
 			clientset, err := kubernetes.NewForConfig(cfg)
@@ -311,7 +312,7 @@ func run(ctx context.Context, o *options) error {
 				return err
 			}
 			if err := mgr.Add(&httpsserve.Server{Addr: o.historyAddr,
-				Handler: historyapi.Handler{Archive: history, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}}); err != nil {
+				Handler: historyapi.Handler{Archive: history, Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}, Retrier: retrier}}); err != nil {
 				return err
 			}
 		}

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/historyapi"
 )
 
 var phases = []string{"Pending", "Retrying", "Succeeded", "Failed", "Exhausted"}
@@ -102,10 +106,15 @@ func (a *app) deliveriesCommand() *cobra.Command {
 
 func (a *app) retryCommand() *cobra.Command {
 	var f deliveryFilter
+	var queued bool
+	var q historyQuery
 	cmd := &cobra.Command{
 		Use:   "retry DELIVERY... | --endpoint NAME --phase Exhausted",
 		Short: "Retry Failed or Exhausted deliveries",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if queued {
+				return a.retryQueued(q, args)
+			}
 			names := args
 			if len(args) == 0 {
 				if f.endpoint == "" && f.phase == "" {
@@ -149,7 +158,39 @@ func (a *app) retryCommand() *cobra.Command {
 		},
 	}
 	f.flags(cmd)
+	cmd.Flags().BoolVar(&queued, "postgres", false, "the deliveries are in the PostgreSQL store: retry them by name through the manager's history API")
+	q.flags(cmd)
 	return cmd
+}
+
+// retryQueued retries deliveries of the PostgreSQL store by name, through the history
+// API, with the user's token (allowed to patch webhookdeliveries in the namespace).
+func (a *app) retryQueued(q historyQuery, names []string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("with --postgres, name the deliveries (kubectl hookline history --phase Exhausted lists them)")
+	}
+	failed := 0
+	for _, name := range names {
+		body, err := a.historyRequest(q, http.MethodPost, "/v1/namespaces/"+a.ns+"/deliveries/"+url.PathEscape(name)+"/retry", nil)
+		if err != nil {
+			fmt.Fprintf(a.err, "error: delivery %s: %s\n", name, err)
+			failed++
+			continue
+		}
+		var res historyapi.RetryResult
+		if err := json.Unmarshal(body, &res); err != nil {
+			return err
+		}
+		if !res.Retried {
+			fmt.Fprintf(a.out, "delivery %s: %s\n", name, res.Message)
+			continue
+		}
+		fmt.Fprintf(a.out, "delivery %s retry requested\n", name)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d deliveries could not be retried", failed, len(names))
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

@@ -73,9 +73,7 @@ func (a *app) historyCommand() *cobra.Command {
 		},
 	}
 	for _, c := range []*cobra.Command{cmd, show} {
-		c.Flags().StringVar(&q.url, "history-url", "", "the history API's URL (a port-forward); default: through the API server's service proxy")
-		c.Flags().StringVar(&q.service, "history-service", "hookline-system/hookline-history:8444", "the history API's Service, namespace/name:port")
-		c.Flags().BoolVar(&q.insecure, "history-insecure-skip-tls-verify", false, "with --history-url: do not verify its certificate (the manager makes its own)")
+		q.flags(c)
 		c.Flags().StringVarP(&a.output, "output", "o", "", "json, yaml or wide")
 	}
 	f := cmd.Flags()
@@ -88,6 +86,13 @@ func (a *app) historyCommand() *cobra.Command {
 	f.StringVar(&q.cont, "continue", "", "the next page: the value the previous page printed")
 	cmd.AddCommand(show)
 	return cmd
+}
+
+// flags are how a command reaches the history API.
+func (q *historyQuery) flags(c *cobra.Command) {
+	c.Flags().StringVar(&q.url, "history-url", "", "the history API's URL (a port-forward); default: through the API server's service proxy")
+	c.Flags().StringVar(&q.service, "history-service", "hookline-system/hookline-history:8444", "the history API's Service, namespace/name:port")
+	c.Flags().BoolVar(&q.insecure, "history-insecure-skip-tls-verify", false, "with --history-url: do not verify its certificate (the manager makes its own)")
 }
 
 func (a *app) checkOutput(wide bool) error {
@@ -105,6 +110,20 @@ func (a *app) checkOutput(wide bool) error {
 // fetchHistory asks the history API with the user's own token: the manager has the
 // cluster review it, and the namespace asked for.
 func (a *app) fetchHistory(q historyQuery, path string, params url.Values) (*historyapi.Page, error) {
+	body, err := a.historyRequest(q, http.MethodGet, path, params)
+	if err != nil {
+		return nil, err
+	}
+	var page historyapi.Page
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("history API: %w", err)
+	}
+	return &page, nil
+}
+
+// historyRequest sends one request to the history API with the user's token, through
+// the API server's service proxy or --history-url, and returns the answer's body.
+func (a *app) historyRequest(q historyQuery, method, path string, params url.Values) ([]byte, error) {
 	cfg, err := a.kube.ClientConfig()
 	if err != nil {
 		return nil, err
@@ -133,7 +152,7 @@ func (a *app) fetchHistory(q historyQuery, path string, params url.Values) (*his
 	if len(params) > 0 {
 		target += "?" + params.Encode()
 	}
-	req, err := http.NewRequest(http.MethodGet, target, nil)
+	req, err := http.NewRequest(method, target, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -156,11 +175,7 @@ func (a *app) fetchHistory(q historyQuery, path string, params url.Values) (*his
 		}
 		return nil, fmt.Errorf("history API: %s", resp.Status)
 	}
-	var page historyapi.Page
-	if err := json.Unmarshal(body, &page); err != nil {
-		return nil, fmt.Errorf("history API: %w", err)
-	}
-	return &page, nil
+	return body, nil
 }
 
 func (a *app) printHistory(page *historyapi.Page, attempts bool) error {

@@ -185,3 +185,73 @@ func serviceAccountKubeconfig(t *testing.T, dir, ns, name string, rules ...rbacv
 	}
 	return path
 }
+
+// `kubectl hookline retry --postgres` starts an Exhausted delivery of the PostgreSQL
+// store again, through the history API, as a user allowed to patch deliveries; a
+// user who is not is refused with the reason, and a delivery that succeeded is left.
+func TestRetryInThePostgresStore(t *testing.T) {
+	testenv.Needs(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pg, err := testenv.StartPostgres()
+	testenv.SkipIfMissing(t, err)
+	t.Cleanup(func() { _ = pg.Remove() })
+	queue, err := pgstore.Open(ctx, pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(queue.Close)
+	ns := newNamespace(t)
+	if _, err := queue.Publish(ctx, []pgstore.Event{{Namespace: ns, Name: "order-1", UID: "u1", Type: "order.created",
+		Payload: []byte(`{}`), MessageID: "msg_u1", Endpoints: []string{"acme", "globex"}}}); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := queue.Claim(ctx, "test", 10, time.Minute)
+	if err != nil || len(claims) != 2 {
+		t.Fatalf("claimed %d (%v)", len(claims), err)
+	}
+	var outcomes []pgstore.Outcome
+	for _, c := range claims {
+		state := pgstore.StateSucceeded
+		if c.Endpoint == "globex" {
+			state = pgstore.StateExhausted
+		}
+		outcomes = append(outcomes, pgstore.Outcome{ID: c.ID, State: state, Attempts: 3})
+	}
+	if _, err := queue.Record(ctx, "test", outcomes); err != nil {
+		t.Fatal(err)
+	}
+	clientset, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan string, 1)
+	srv := &httpsserve.Server{Addr: "127.0.0.1:0", Listening: listening, Handler: historyapi.Handler{Archive: queue, Retrier: queue,
+		Auth: historyapi.KubeAuth{KubeAuth: callerauth.KubeAuth{Client: clientset}}}}
+	go func() { _ = srv.Start(ctx) }()
+	direct := []string{"--postgres", "--history-url", "https://" + <-listening, "--history-insecure-skip-tls-verify"}
+	dir := t.TempDir()
+	operator := serviceAccountKubeconfig(t, dir, ns, "operator",
+		rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"list", "patch"}})
+	reader := serviceAccountKubeconfig(t, dir, ns, "reader",
+		rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookdeliveries"}, Verbs: []string{"list"}})
+	exhausted, succeeded := hooklinev1.DeliveryName("order-1", "globex"), hooklinev1.DeliveryName("order-1", "acme")
+
+	r := plugin(reader, ns, "", append([]string{"retry", exhausted}, direct...)...)
+	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not patch webhookdeliveries.hookline.dev") {
+		t.Fatalf("a user who may only list: exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	r = plugin(operator, ns, "", append([]string{"retry", exhausted, succeeded}, direct...)...).ok(t)
+	if !strings.Contains(r.out, "delivery "+exhausted+" retry requested") || !strings.Contains(r.out, "delivery "+succeeded+": not Failed or Exhausted") {
+		t.Fatalf("retry:\n%s", r.out)
+	}
+	again, err := queue.Claim(ctx, "test-2", 10, time.Minute)
+	if err != nil || len(again) != 1 || again[0].Endpoint != "globex" || again[0].Attempts != 0 {
+		t.Fatalf("claimed after the retry: %+v (%v)", again, err)
+	}
+	// history reads the queue the same way.
+	r = plugin(operator, ns, "", append([]string{"history", "show", succeeded}, direct[1:]...)...).ok(t)
+	if !strings.Contains(r.out, "Succeeded") {
+		t.Fatalf("history show in the PostgreSQL store:\n%s", r.out)
+	}
+}

@@ -27,11 +27,16 @@ type Reader interface {
 // User is who a token belongs to.
 type User = callerauth.User
 
-// Auth answers who a token is, and whether that user may list deliveries in a
-// namespace (with the reason when not).
+// Auth answers who a token is, and whether that user may do an action (with the
+// reason when not).
 type Auth interface {
 	Authenticate(ctx context.Context, token string) (User, bool, error)
-	MayList(ctx context.Context, u User, namespace string) (bool, string, error)
+	Allowed(ctx context.Context, u User, act callerauth.Action) (bool, string, error)
+}
+
+// Retrier starts a Failed or Exhausted delivery again (the PostgreSQL store).
+type Retrier interface {
+	Retry(ctx context.Context, namespace, name string) (found, retried bool, err error)
 }
 
 // TokenHeader carries the caller's token when Authorization cannot (through the
@@ -45,22 +50,27 @@ type Page struct {
 	Continue string `json:"continue,omitempty"`
 }
 
-// Handler serves GET /v1/namespaces/{namespace}/deliveries[/{name}].
+// Handler serves GET /v1/namespaces/{namespace}/deliveries[/{name}], and, with a
+// Retrier, POST /v1/namespaces/{namespace}/deliveries/{name}/retry.
 type Handler struct {
 	Archive Reader
 	Auth    Auth
+	Retrier Retrier
 }
 
 const maxLimit = 500
 
 func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		httpsserve.Fail(w, http.StatusMethodNotAllowed, "only GET is served")
-		return
-	}
-	ns, name, ok := parsePath(r.URL.Path)
-	if !ok {
+	ns, name, retry, ok := parsePath(r.URL.Path)
+	switch {
+	case !ok:
 		httpsserve.Fail(w, http.StatusNotFound, "not found: the paths are /v1/namespaces/<namespace>/deliveries and /v1/namespaces/<namespace>/deliveries/<name>")
+		return
+	case retry && h.Retrier == nil:
+		httpsserve.Fail(w, http.StatusNotFound, "retry is served here with the PostgreSQL store only; annotate the WebhookDelivery (kubectl hookline retry)")
+		return
+	case retry && r.Method != http.MethodPost, !retry && r.Method != http.MethodGet:
+		httpsserve.Fail(w, http.StatusMethodNotAllowed, "GET a listing or a delivery; POST .../retry")
 		return
 	}
 	token := callerauth.Token(r)
@@ -77,17 +87,26 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpsserve.Fail(w, http.StatusUnauthorized, "the token is not valid in this cluster")
 		return
 	}
-	allowed, reason, err := h.Auth.MayList(r.Context(), user, ns)
+	// Reading is listing deliveries; a retry is what annotating one would be, a patch.
+	act, what := callerauth.Action{Namespace: ns, Verb: "list", Resource: "webhookdeliveries"}, "read its history"
+	if retry {
+		act.Verb, what = "patch", "retry its deliveries"
+	}
+	allowed, reason, err := h.Auth.Allowed(r.Context(), user, act)
 	if err != nil {
 		httpsserve.Fail(w, http.StatusServiceUnavailable, "the access could not be reviewed: "+err.Error())
 		return
 	}
 	if !allowed {
-		msg := fmt.Sprintf("%s may not list webhookdeliveries.hookline.dev in namespace %q, so may not read its history", user.Name, ns)
+		msg := fmt.Sprintf("%s may not %s webhookdeliveries.hookline.dev in namespace %q, so may not %s", user.Name, act.Verb, ns, what)
 		if reason != "" {
 			msg += ": " + reason
 		}
 		httpsserve.Fail(w, http.StatusForbidden, msg)
+		return
+	}
+	if retry {
+		h.retry(w, r, ns, name)
 		return
 	}
 	f, err := filter(r, ns, name)
@@ -111,16 +130,49 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(page)
 }
 
-// parsePath splits /v1/namespaces/{ns}/deliveries[/{name}].
-func parsePath(p string) (ns, name string, ok bool) {
+// parsePath splits /v1/namespaces/{ns}/deliveries[/{name}[/retry]].
+func parsePath(p string) (ns, name string, retry, ok bool) {
 	parts := strings.Split(strings.Trim(p, "/"), "/")
-	if len(parts) < 4 || len(parts) > 5 || parts[0] != "v1" || parts[1] != "namespaces" || parts[3] != "deliveries" || parts[2] == "" {
-		return "", "", false
+	if len(parts) < 4 || len(parts) > 6 || parts[0] != "v1" || parts[1] != "namespaces" || parts[3] != "deliveries" || parts[2] == "" {
+		return "", "", false, false
 	}
-	if len(parts) == 5 {
+	if len(parts) >= 5 {
 		name = parts[4]
 	}
-	return parts[2], name, true
+	if len(parts) == 6 {
+		if parts[5] != "retry" {
+			return "", "", false, false
+		}
+		retry = true
+	}
+	return parts[2], name, retry, true
+}
+
+// RetryResult is the answer to a retry.
+type RetryResult struct {
+	Name    string `json:"name"`
+	Retried bool   `json:"retried"`
+	// Message says why not, when not.
+	Message string `json:"message,omitempty"`
+}
+
+func (h Handler) retry(w http.ResponseWriter, r *http.Request, ns, name string) {
+	found, retried, err := h.Retrier.Retry(r.Context(), ns, name)
+	switch {
+	case err != nil:
+		w.Header().Set("Retry-After", "5")
+		httpsserve.Fail(w, http.StatusServiceUnavailable, "the delivery store is not available; try again later")
+		return
+	case !found:
+		httpsserve.Fail(w, http.StatusNotFound, fmt.Sprintf("delivery %q is not in namespace %s", name, ns))
+		return
+	}
+	res := RetryResult{Name: name, Retried: retried}
+	if !retried {
+		res.Message = "not Failed or Exhausted: nothing to retry"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(res)
 }
 
 // filter reads the query: endpoint, eventType, phase, messageId, since (a duration

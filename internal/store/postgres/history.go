@@ -74,3 +74,40 @@ func nullTime(t time.Time) any {
 	}
 	return t
 }
+
+// Retry starts a Failed or Exhausted delivery again, as the hookline.dev/retry
+// annotation does for a WebhookDelivery: its attempts count anew, due now, with the
+// same message id and body. It reports whether the delivery exists and whether it was
+// started again (not when it is still live or succeeded).
+func (q *Queue) Retry(ctx context.Context, namespace, name string) (found, retried bool, err error) {
+	rows, err := q.pool.Query(ctx, `SELECT id, event_name, endpoint FROM hookline_queue_deliveries
+		WHERE namespace = $1 AND starts_with($2, event_name || '-')`, namespace, name)
+	if err != nil {
+		return false, false, q.redact(err)
+	}
+	type candidate struct {
+		id              int64
+		event, endpoint string
+	}
+	candidates, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
+		var c candidate
+		return c, row.Scan(&c.id, &c.event, &c.endpoint)
+	})
+	if err != nil {
+		return false, false, q.redact(err)
+	}
+	for _, c := range candidates {
+		if hooklinev1.DeliveryName(c.event, c.endpoint) != name {
+			continue
+		}
+		tag, err := q.pool.Exec(ctx, `WITH started AS (
+				UPDATE hookline_queue_deliveries SET state = 'Pending', attempts = 0, due_at = now(), finished_at = NULL, reason = ''
+				WHERE id = $1 AND state IN ('Failed', 'Exhausted') RETURNING id)
+			SELECT pg_notify($2, '') FROM started`, c.id, wakeChannel)
+		if err != nil {
+			return true, false, q.redact(err)
+		}
+		return true, tag.RowsAffected() == 1, nil
+	}
+	return false, false, nil
+}

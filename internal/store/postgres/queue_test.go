@@ -343,3 +343,44 @@ func TestDropBeforeKeepsWhatIsUnfinished(t *testing.T) {
 		t.Fatalf("left after retention: %v, want live and recent only", left)
 	}
 }
+
+// A Failed or Exhausted delivery is started again by name, with the same message; a
+// live or succeeded one is not.
+func TestRetryStartsAFinishedDeliveryAgain(t *testing.T) {
+	t.Parallel()
+	q := open(t)
+	ctx := context.Background()
+	ns := "retry"
+	if _, err := q.Publish(ctx, []Event{event(ns, "e1", "acme", "globex")}); err != nil {
+		t.Fatal(err)
+	}
+	claims := claimNS(t, q, "w", ns, time.Minute)
+	var outcomes []Outcome
+	for _, c := range claims {
+		state := StateSucceeded
+		if c.Endpoint == "globex" {
+			state = StateExhausted
+		}
+		outcomes = append(outcomes, Outcome{ID: c.ID, State: state, Attempts: 3})
+	}
+	if _, err := q.Record(ctx, "w-"+ns, outcomes); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name           string
+		found, retried bool
+	}{
+		{hooklinev1.DeliveryName("e1", "globex"), true, true},
+		{hooklinev1.DeliveryName("e1", "acme"), true, false},
+		{hooklinev1.DeliveryName("e1", "nobody"), false, false},
+	} {
+		found, retried, err := q.Retry(ctx, ns, c.name)
+		if err != nil || found != c.found || retried != c.retried {
+			t.Fatalf("retry %s: found %v retried %v (%v), want %v %v", c.name, found, retried, err, c.found, c.retried)
+		}
+	}
+	again := claimNS(t, q, "w2", ns, time.Minute)
+	if len(again) != 1 || again[0].Endpoint != "globex" || again[0].Attempts != 0 || again[0].MessageID != claims[0].MessageID {
+		t.Fatalf("claimed after the retry: %+v", again)
+	}
+}
