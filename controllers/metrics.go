@@ -23,6 +23,7 @@ type Metrics struct {
 	archiveErrors   prometheus.Counter
 	archiveUp       prometheus.Gauge
 	disabled        *prometheus.CounterVec
+	replicas        prometheus.Gauge
 }
 
 // NewMetrics builds a manager's metrics, registered nowhere yet.
@@ -63,6 +64,10 @@ func NewMetrics() *Metrics {
 			Name: "hookline_archive_up",
 			Help: "1 when the last archive write succeeded, 0 when it failed (nothing is pruned until it succeeds again).",
 		}),
+		replicas: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hookline_delivery_replicas",
+			Help: "Replicas delivering from the PostgreSQL store, as this one last counted them (endpoint limits are divided among them); 0 with the etcd store.",
+		}),
 		disabled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookline_endpoints_disabled_total",
 			Help: "Endpoints disabled automatically, by reason: EndpointGone (410), FailingTooLong (spec.autoDisableAfter).",
@@ -73,7 +78,7 @@ func NewMetrics() *Metrics {
 // collectors are every metric of the manager, for registration.
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.completed, m.attemptDuration, m.latency, m.pruned, m.retained,
-		m.archived, m.archiveErrors, m.archiveUp, m.disabled}
+		m.archived, m.archiveErrors, m.archiveUp, m.disabled, m.replicas}
 }
 
 // Register registers the metrics on r (controller-runtime's metrics.Registry in main).

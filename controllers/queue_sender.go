@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -48,7 +49,13 @@ type QueueSender struct {
 	// waiters are the claims waiting in this process for their endpoint's limits,
 	// by throttle caller: the throttle wakes one when a slot frees.
 	waiters sync.Map // string -> chan struct{}
+	// replicas is how many replicas deliver from the queue (by heartbeat): an
+	// endpoint's limits are divided among them.
+	replicas atomic.Int64
 }
+
+// heartbeatEvery is how often a replica says it delivers.
+const heartbeatEvery = 5 * time.Second
 
 // DefaultDeliveryLease is how long a claim is held before another replica may take it:
 // longer than any attempt (timeoutSeconds is at most 60).
@@ -88,6 +95,22 @@ func (s *QueueSender) Start(ctx context.Context) error {
 	log := logf.FromContext(ctx).WithName("queue")
 	go s.recorder.Run(ctx)
 	defer s.recorder.Close() // after the workers: what they submitted is committed
+	s.heartbeat(ctx)
+	go func() {
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				leave, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				_ = s.Queue.Leave(leave, s.Owner)
+				cancel()
+				return
+			case <-t.C:
+				s.heartbeat(ctx)
+			}
+		}
+	}()
 	wake := s.Queue.Wakeups(ctx)
 	workers := make(chan struct{}, s.MaxConcurrent)
 	freed := make(chan struct{}, 1)
@@ -278,14 +301,32 @@ func (s *QueueSender) finished(c pgstore.Claim, st hooklinev1.WebhookDeliverySta
 	return out
 }
 
-// limits are the endpoint's rateLimit, with the default share when it sets no
-// maxInFlight, as the etcd store's sender applies them.
+// limits are the endpoint's rateLimit divided among the live replicas (at least one
+// each), so that a receiver sees at most its limits whatever the number of replicas
+// (unless a limit is below it); with the default share, this replica's own, when it
+// sets no maxInFlight.
 func (s *QueueSender) limits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
 	lim := rateLimits(ep)
-	if lim.MaxInFlight <= 0 {
+	n := int(max(s.replicas.Load(), 1))
+	if lim.MaxInFlight > 0 {
+		lim.MaxInFlight = max(lim.MaxInFlight/n, 1)
+	} else {
 		lim.MaxInFlight = s.EndpointMaxInFlight
 	}
+	if lim.PerSecond > 0 {
+		lim.PerSecond = max(lim.PerSecond/n, 1)
+	}
 	return lim
+}
+
+// heartbeat says this replica delivers and learns how many do.
+func (s *QueueSender) heartbeat(ctx context.Context) {
+	live, err := s.Queue.Heartbeat(ctx, s.Owner)
+	if err != nil {
+		return // the last count stands; claims fail too and say so
+	}
+	s.replicas.Store(int64(live))
+	s.Metrics.replicas.Set(float64(live))
 }
 
 // queueOwner is a name for this process's claims.

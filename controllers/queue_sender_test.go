@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"bytes"
 	"context"
 	"errors"
@@ -272,5 +274,48 @@ func TestPostgresOutageLosesNothing(t *testing.T) {
 	// for a group commit (up to 64 a batch, four batches buffered, one committing).
 	if bound := conf.MaxConcurrentDeliveries + 5*64; twice > bound {
 		t.Fatalf("%d messages arrived twice: more than could have been sent and not recorded (%d)", twice, bound)
+	}
+}
+
+// An endpoint's maxInFlight holds across replicas: two managers deliver from one queue
+// and the receiver never sees more attempts at once than the endpoint allows.
+func TestEndpointLimitsHoldAcrossReplicas(t *testing.T) {
+	testenv.Needs(t)
+	t.Parallel()
+	ctx := context.Background()
+	q := startQueue(t)
+	ns := "own-24"
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	var replicas []*Metrics
+	for _, owner := range []string{"replica-a", "replica-b"} {
+		conf := testConfig()
+		conf.Queue, conf.QueueOwner, conf.Metrics = q, owner, NewMetrics()
+		stop, err := startManager(ctx, restConfig, conf, namespaceOnly(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+		replicas = append(replicas, conf.Metrics)
+	}
+	eventually(t, 3*heartbeatEvery, "each replica counts two", func(context.Context) (bool, string, error) {
+		a, b := testutil.ToFloat64(replicas[0].replicas), testutil.ToFloat64(replicas[1].replicas)
+		return a == 2 && b == 2, fmt.Sprintf("hookline_delivery_replicas %v and %v", a, b), nil
+	})
+	held := newConcurrencyReceiver(t, 200*time.Millisecond)
+	ep := newEndpoint(ns, "capped", held.URL+"/", "order.created")
+	ep.Spec.RateLimit = &hooklinev1.RateLimitSpec{MaxInFlight: ptr(int32(2))}
+	activeEndpoint(t, ep)
+	batch := make([]publishapi.Event, 40) // more than one replica's 16 workers claim at once
+	for i := range batch {
+		batch[i] = publishapi.Event{Name: fmt.Sprintf("m-%d", i), Type: "order.created", Payload: []byte(`{}`)}
+	}
+	if _, err := (QueuePublisher{Endpoints: k8s, Queue: q}).Publish(ctx, ns, batch); err != nil {
+		t.Fatal(err)
+	}
+	queueFinished(t, q, ns, len(batch))
+	if p := held.peak.Load(); p > 2 {
+		t.Fatalf("maxInFlight 2 across two replicas: the receiver saw %d attempts at once", p)
 	}
 }

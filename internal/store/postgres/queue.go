@@ -448,3 +448,29 @@ func (q *Queue) DropBefore(ctx context.Context, cutoff time.Time) ([]string, err
 	}
 	return []string{fmt.Sprintf("%d queued events and their deliveries", total)}, nil
 }
+
+// replicaTTL is how long a replica counts as live after its last heartbeat.
+const replicaTTL = 15 * time.Second
+
+// Heartbeat records that owner delivers, forgets replicas silent for replicaTTL, and
+// returns how many are live (owner included).
+func (q *Queue) Heartbeat(ctx context.Context, owner string) (int, error) {
+	var live int
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO hookline_queue_replicas (owner, seen_at) VALUES ($1, now())
+			ON CONFLICT (owner) DO UPDATE SET seen_at = now()`, owner); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM hookline_queue_replicas WHERE seen_at < now() - make_interval(secs => $1)`, replicaTTL.Seconds()); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT count(*) FROM hookline_queue_replicas`).Scan(&live)
+	})
+	return live, q.redact(err)
+}
+
+// Leave forgets owner at once (a replica that stops cleanly).
+func (q *Queue) Leave(ctx context.Context, owner string) error {
+	_, err := q.pool.Exec(ctx, `DELETE FROM hookline_queue_replicas WHERE owner = $1`, owner)
+	return q.redact(err)
+}
