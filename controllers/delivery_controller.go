@@ -30,6 +30,7 @@ import (
 	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/fairqueue"
 	"github.com/hookline/hookline/internal/throttle"
 )
 
@@ -53,7 +54,7 @@ type DeliveryReconciler struct {
 	// health is the health recorder: it batches the endpoints' failure records.
 	health *endpointHealth
 	// turns orders the work queue so that endpoints are served in turn.
-	turns *fairTurns
+	turns *fairqueue.Turns
 
 	// attempted remembers, per delivery, how many attempts this process has recorded,
 	// so that a reconcile reading a cache that has not caught up with our own write yet
@@ -70,14 +71,14 @@ type DeliveryReconciler struct {
 // by the state machine (internal/deliverystate) and written once, when Reconcile
 // returns.
 func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	r.turns.started(req.NamespacedName)
+	r.turns.Started(req.NamespacedName)
 	var d hooklinev1.WebhookDelivery
 	if err := r.Get(ctx, req.NamespacedName, &d); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	defer func() {
 		if result.RequeueAfter > 0 {
-			p := r.turns.later()
+			p := r.turns.Later()
 			result.Priority = &p
 		}
 	}()
@@ -305,7 +306,7 @@ func (r *DeliveryReconciler) endpoint(ctx context.Context, d *hooklinev1.Webhook
 // SetupWithManager watches deliveries, and endpoints whose gate (paused, disabled,
 // ready) changed, to bring their waiting deliveries back.
 func (r *DeliveryReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	fair := fairHandler{turns: r.turns, endpointOf: r.endpointOf}
+	fair := fairqueue.Handler{Turns: r.turns, EndpointOf: r.endpointOf}
 	return ctrl.NewControllerManagedBy(mgr).
 		Watches(&hooklinev1.WebhookDelivery{}, fair).
 		WatchesRawSource(source.Channel(r.wakeups, fair)).

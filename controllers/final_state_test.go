@@ -20,6 +20,7 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/retention"
+	"github.com/hookline/hookline/internal/secrets"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -111,15 +112,15 @@ func newHandRig(t *testing.T, ns string) *handRig {
 	})
 	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC))
 	rec := &countingRecorder{}
-	secrets := SecretReader{Cached: cached, User: NewUserSecretCache(k8s)}
+	secretReader := SecretReader{Cached: cached, User: secrets.NewUserSecretCache(k8s)}
 	health := newEndpointHealth(cached, k8s, NewMetrics())
 	sender := delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"})
 	return &handRig{
 		t: t, ns: ns, clock: clk, cached: cached, recorder: rec,
 		events: &EventReconciler{Client: cached, APIReader: k8s, Recorder: rec, Clock: clk, Gate: retention.NewGate(0),
 			wakeups: make(chan event.GenericEvent, 8)},
-		deliveries: newDeliveryReconciler(cached, secrets, health, rec, clk, Config{Sender: sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()}),
-		endpoints:  &EndpointReconciler{Client: cached, Secrets: secrets, Recorder: rec, Clock: clk, AllowInsecureHTTP: true},
+		deliveries: newDeliveryReconciler(cached, secretReader, health, rec, clk, Config{Sender: sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()}),
+		endpoints:  &EndpointReconciler{Client: cached, Secrets: secretReader, Recorder: rec, Clock: clk, AllowInsecureHTTP: true},
 	}
 }
 

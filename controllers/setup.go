@@ -16,7 +16,9 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/fairqueue"
 	"github.com/hookline/hookline/internal/retention"
+	"github.com/hookline/hookline/internal/secrets"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/throttle"
 )
@@ -77,7 +79,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		clk = cfg.Clock
 	}
 	recorder := mgr.GetEventRecorder("hookline")
-	secrets := SecretReader{Cached: mgr.GetClient(), User: NewUserSecretCache(mgr.GetAPIReader())}
+	secretReader := SecretReader{Cached: mgr.GetClient(), User: secrets.NewUserSecretCache(mgr.GetAPIReader())}
 	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader(), cfg.Metrics)
 	if err := mgr.Add(health); err != nil {
 		return err
@@ -85,7 +87,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 
 	if err := (&EndpointReconciler{
 		Client:            mgr.GetClient(),
-		Secrets:           secrets,
+		Secrets:           secretReader,
 		SecretMetadata:    secretMetadata,
 		Recorder:          recorder,
 		Clock:             clk,
@@ -118,13 +120,13 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 			host, _ := os.Hostname()
 			owner = queueOwner(host)
 		}
-		if err := mgr.Add(newQueueSender(mgr.GetClient(), secrets, health, clk, cfg, owner)); err != nil {
+		if err := mgr.Add(newQueueSender(mgr.GetClient(), secretReader, health, clk, cfg, owner)); err != nil {
 			return err
 		}
 	}
 	// WebhookDeliveries created directly (and send-test's) go through the API server in
 	// both modes.
-	deliveries := newDeliveryReconciler(mgr.GetClient(), secrets, health, recorder, clk, cfg)
+	deliveries := newDeliveryReconciler(mgr.GetClient(), secretReader, health, recorder, clk, cfg)
 	if err := deliveries.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}
@@ -166,7 +168,7 @@ func newDeliveryReconciler(c client.Client, secrets SecretReader, health *endpoi
 		Clock:               clk,
 		Metrics:             cfg.Metrics,
 		health:              health,
-		turns:               newFairTurns(),
+		turns:               fairqueue.NewTurns(),
 		wakeups:             make(chan event.GenericEvent, 1024),
 	}
 	r.throttle = throttle.New(r.wake)

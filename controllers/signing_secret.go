@@ -13,6 +13,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/keyring"
+	"github.com/hookline/hookline/internal/secrets"
 	"github.com/hookline/hookline/internal/signing"
 )
 
@@ -23,7 +24,7 @@ type SecretReader struct {
 	Cached client.Reader
 	// User holds the Secrets the manager reads but does not own; without it (some unit
 	// tests) only Cached is read.
-	User *UserSecretCache
+	User *secrets.UserSecretCache
 }
 
 // Get reads a Secret of the namespace.

@@ -1,4 +1,7 @@
-package controllers
+// Package fairqueue orders a controller's work queue so that endpoints are served in
+// turn, not in arrival order: start-time fair queueing over controller-runtime's
+// priority queue.
+package fairqueue
 
 import (
 	"context"
@@ -15,27 +18,28 @@ import (
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 )
 
-// fairTurns orders the delivery work queue so that endpoints are served in turn, not
+// Turns orders the delivery work queue so that endpoints are served in turn, not
 // in arrival order: start-time fair queueing over the controller's priority queue.
 // Each queued delivery gets a tag one past the later of its endpoint's last tag and
 // the tag being served now, and a higher priority for a smaller tag. A burst of
 // thousands of deliveries to one endpoint takes one turn each round, so another
 // endpoint's delivery is next, not behind the burst; and as the burst's turns come,
 // newer deliveries of other endpoints queue behind them, so nobody starves.
-type fairTurns struct {
+type Turns struct {
 	mu      sync.Mutex
 	now     int64                          // the tag served last
 	last    map[string]int64               // endpoint -> its last tag
 	pending map[types.NamespacedName]int64 // queued request -> its tag
 }
 
-func newFairTurns() *fairTurns {
-	return &fairTurns{last: map[string]int64{}, pending: map[types.NamespacedName]int64{}}
+// NewTurns returns turns with nothing queued.
+func NewTurns() *Turns {
+	return &Turns{last: map[string]int64{}, pending: map[types.NamespacedName]int64{}}
 }
 
 // queue returns the priority of a request joining the queue for endpoint (its key
 // "namespace/name"); a request already queued keeps its turn.
-func (f *fairTurns) queue(req types.NamespacedName, endpoint string) int {
+func (f *Turns) queue(req types.NamespacedName, endpoint string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if tag, ok := f.pending[req]; ok {
@@ -47,18 +51,18 @@ func (f *fairTurns) queue(req types.NamespacedName, endpoint string) int {
 	return priorityOf(tag)
 }
 
-// later returns the priority of a request coming back after a wait (a retry, a
+// Later returns the priority of a request coming back after a wait (a retry, a
 // throttled or rate-limited delivery): the current turn, without taking one from its
 // endpoint, so that waiting deliveries do not push their endpoint's new ones back and,
 // once due, go before what was queued after them.
-func (f *fairTurns) later() int {
+func (f *Turns) Later() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return priorityOf(f.now + 1)
 }
 
-// started records that a request is being served: its tag becomes the current one.
-func (f *fairTurns) started(req types.NamespacedName) {
+// Started records that a request is being served: its tag becomes the current one.
+func (f *Turns) Started(req types.NamespacedName) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if tag, ok := f.pending[req]; ok {
@@ -79,22 +83,22 @@ func (f *fairTurns) started(req types.NamespacedName) {
 // priorityOf maps a tag to a queue priority: a smaller tag goes first.
 func priorityOf(tag int64) int { return int(-tag) }
 
-// fairHandler enqueues deliveries with their endpoint's turn.
-type fairHandler struct {
-	turns *fairTurns
-	// endpointOf finds the endpoint of a delivery known by name only (a wakeup).
-	endpointOf func(ctx context.Context, req types.NamespacedName) string
+// Handler enqueues deliveries with their endpoint's turn.
+type Handler struct {
+	Turns *Turns
+	// EndpointOf finds the endpoint of a delivery known by name only (a wakeup).
+	EndpointOf func(ctx context.Context, req types.NamespacedName) string
 }
 
-func (h fairHandler) add(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+func (h Handler) add(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	req := types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}
 	endpoint := ""
 	if d, ok := obj.(*hooklinev1.WebhookDelivery); ok && d.Spec.EndpointRef.Name != "" {
 		endpoint = d.Namespace + "/" + d.Spec.EndpointRef.Name
-	} else if h.endpointOf != nil {
-		endpoint = h.endpointOf(ctx, req)
+	} else if h.EndpointOf != nil {
+		endpoint = h.EndpointOf(ctx, req)
 	}
-	priority := h.turns.queue(req, endpoint)
+	priority := h.Turns.queue(req, endpoint)
 	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
 		pq.AddWithOpts(priorityqueue.AddOpts{Priority: &priority}, reconcile.Request{NamespacedName: req})
 		return
@@ -102,20 +106,20 @@ func (h fairHandler) add(ctx context.Context, obj client.Object, q workqueue.Typ
 	q.Add(reconcile.Request{NamespacedName: req})
 }
 
-func (h fairHandler) Create(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+func (h Handler) Create(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	h.add(ctx, e.Object, q)
 }
 
-func (h fairHandler) Update(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+func (h Handler) Update(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	h.add(ctx, e.ObjectNew, q)
 }
 
-func (h fairHandler) Delete(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+func (h Handler) Delete(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	h.add(ctx, e.Object, q)
 }
 
-func (h fairHandler) Generic(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+func (h Handler) Generic(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	h.add(ctx, e.Object, q)
 }
 
-var _ handler.EventHandler = fairHandler{}
+var _ handler.EventHandler = Handler{}

@@ -1,4 +1,4 @@
-package controllers
+package fairqueue
 
 import (
 	"fmt"
@@ -16,7 +16,7 @@ type queued struct {
 	seq      int
 }
 
-func serveAll(f *fairTurns, q []queued) []string {
+func serveAll(f *Turns, q []queued) []string {
 	sort.SliceStable(q, func(i, j int) bool {
 		if q[i].priority != q[j].priority {
 			return q[i].priority > q[j].priority
@@ -25,7 +25,7 @@ func serveAll(f *fairTurns, q []queued) []string {
 	})
 	var order []string
 	for _, e := range q {
-		f.started(e.req)
+		f.Started(e.req)
 		order = append(order, e.req.Name)
 	}
 	return order
@@ -34,7 +34,7 @@ func serveAll(f *fairTurns, q []queued) []string {
 func req(name string) types.NamespacedName { return types.NamespacedName{Namespace: "ns", Name: name} }
 
 func TestFairTurnsServeTheOtherEndpointAfterABurst(t *testing.T) {
-	f := newFairTurns()
+	f := NewTurns()
 	var q []queued
 	for i := range 100 {
 		r := req(fmt.Sprintf("burst-%03d", i))
@@ -54,7 +54,7 @@ func TestFairTurnsServeTheOtherEndpointAfterABurst(t *testing.T) {
 }
 
 func TestFairTurnsKeepAQueuedRequestsTurn(t *testing.T) {
-	f := newFairTurns()
+	f := NewTurns()
 	first := f.queue(req("a"), "ns/e")
 	f.queue(req("b"), "ns/e")
 	if again := f.queue(req("a"), "ns/e"); again != first {
@@ -63,7 +63,7 @@ func TestFairTurnsKeepAQueuedRequestsTurn(t *testing.T) {
 }
 
 func TestFairTurnsLateEndpointStartsAtTheCurrentTurn(t *testing.T) {
-	f := newFairTurns()
+	f := NewTurns()
 	var q []queued
 	for i := range 10 {
 		r := req(fmt.Sprintf("old-%d", i))
@@ -75,7 +75,7 @@ func TestFairTurnsLateEndpointStartsAtTheCurrentTurn(t *testing.T) {
 		t.Fatalf("a new endpoint's first delivery got priority %d, want the next turn %d (not the first turn, not behind the backlog)", late, want)
 	}
 	// A request back from a wait takes the current turn without taking its endpoint's.
-	if later := f.later(); later != priorityOf(6) {
+	if later := f.Later(); later != priorityOf(6) {
 		t.Fatalf("later() = %d, want %d", later, priorityOf(6))
 	}
 	if next := f.queue(req("old-new"), "ns/old"); next != priorityOf(11) {
@@ -84,11 +84,11 @@ func TestFairTurnsLateEndpointStartsAtTheCurrentTurn(t *testing.T) {
 }
 
 func TestFairTurnsForgetIdleEndpoints(t *testing.T) {
-	f := newFairTurns()
+	f := NewTurns()
 	for i := range 2000 {
 		r := req(fmt.Sprintf("d-%d", i))
 		f.queue(r, fmt.Sprintf("ns/ep-%d", i))
-		f.started(r)
+		f.Started(r)
 	}
 	if n := len(f.last); n > 1024+1 {
 		t.Fatalf("%d endpoints remembered after all went idle, want them forgotten", n)
