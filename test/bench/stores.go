@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,6 +26,10 @@ type storesResult struct {
 	// payload stored once per event) and the WAL written per delivery.
 	PostgresBytesPerDelivery float64 `json:"postgresBytesPerDelivery"`
 	PostgresWALPerDelivery   float64 `json:"postgresWALBytesPerDelivery"`
+	// CPU per delivery over the PostgreSQL store's scenarios: PostgreSQL's processes and
+	// the manager's, in milliseconds.
+	PostgresCPUMsPerDelivery float64 `json:"postgresCPUMsPerDelivery"`
+	ManagerCPUMsPerDelivery  float64 `json:"managerCPUMsPerDelivery"`
 	PeakRSSMiBKubernetes     float64 `json:"peakRSSMiBKubernetes"`
 	PeakRSSMiBPostgres       float64 `json:"peakRSSMiBPostgres"`
 	// The PostgreSQL store with events published through its publish API, and the
@@ -100,10 +106,15 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 			results = &out.Postgres
 		}
 		var walBefore int64
+		var pgCPUBefore, mgrCPUBefore float64
 		if store == "postgres" {
 			if walBefore, err = walBytes(ctx, pg.DSN); err != nil {
 				mgr.stop()
 				return err
+			}
+			pgCPUBefore = processCPUSeconds("postgres")
+			if m, err := mgr.metrics(); err == nil {
+				mgrCPUBefore = m.get("process_cpu_seconds_total")
 			}
 		}
 		for _, s := range storeScenarios {
@@ -159,6 +170,10 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 			if err != nil {
 				mgr.stop()
 				return err
+			}
+			out.PostgresCPUMsPerDelivery = 1000 * (processCPUSeconds("postgres") - pgCPUBefore) / float64(deliveries)
+			if m, err := mgr.metrics(); err == nil {
+				out.ManagerCPUMsPerDelivery = 1000 * (m.get("process_cpu_seconds_total") - mgrCPUBefore) / float64(deliveries)
 			}
 			out.PostgresBytesPerDelivery = float64(size) / float64(deliveries)
 			out.PostgresWALPerDelivery = float64(wal) / float64(deliveries)
@@ -217,6 +232,7 @@ func printStores(r storesResult) {
 		fmt.Printf("postgres, through the publish API: %s: %d deliveries, %.0f/s (%.2f of the no-queue ceiling, %.0f/s), API writes per delivery %.4f\n",
 			api.Name, api.Deliveries, api.DeliveriesPerSec, api.DeliveriesPerSec/r.CeilingPerSec, r.CeilingPerSec, api.WritesPerMsg)
 	}
+	fmt.Printf("postgres: CPU per delivery %.3f ms in PostgreSQL, %.3f ms in the manager\n", r.PostgresCPUMsPerDelivery, r.ManagerCPUMsPerDelivery)
 	fmt.Printf("postgres: %.0f B per delivery in the queue's tables and indexes, %.0f B of WAL per delivery; peak RSS %.0f MiB (kubernetes store: %.0f MiB)\n",
 		r.PostgresBytesPerDelivery, r.PostgresWALPerDelivery, r.PeakRSSMiBPostgres, r.PeakRSSMiBKubernetes)
 }
@@ -244,3 +260,33 @@ func judgeStores(rep *report, met func(bool) string) {
 	half := r.Postgres[len(r.Postgres)-1]
 	rep.Targets["postgres store, half rate: p99 <= 50 ms"] = fmt.Sprintf("%s (%.1f ms)", met(half.LatencyMs["p99"] <= 50), half.LatencyMs["p99"])
 }
+
+// processCPUSeconds sums the CPU time (user and system) of the running processes
+// named comm, from /proc: PostgreSQL's postmaster and its backends.
+func processCPUSeconds(comm string) float64 {
+	dirs, _ := os.ReadDir("/proc")
+	total := 0.0
+	for _, d := range dirs {
+		raw, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime(14) stime(15)
+		s := string(raw)
+		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || close < open || s[open+1:close] != comm {
+			continue
+		}
+		f := strings.Fields(s[close+2:])
+		if len(f) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseFloat(f[11], 64)
+		stime, _ := strconv.ParseFloat(f[12], 64)
+		total += (utime + stime) / clockTicks
+	}
+	return total
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times on Linux.
+const clockTicks = 100
