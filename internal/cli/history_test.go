@@ -116,14 +116,7 @@ func TestPublishThroughTheAPI(t *testing.T) {
 	testenv.Needs(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	pg, err := testenv.StartPostgres()
-	testenv.SkipIfMissing(t, err)
-	t.Cleanup(func() { _ = pg.Remove() })
-	queue, err := pgstore.Open(ctx, pg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(queue.Close)
+	queue := startQueue(t)
 	ns := newNamespace(t)
 	if err := k8s.Create(ctx, &hooklinev1.WebhookEndpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "acme"},
 		Spec: hooklinev1.WebhookEndpointSpec{URL: "https://receiver.example/", Events: []string{"*"}}}); err != nil {
@@ -193,14 +186,7 @@ func TestRetryInThePostgresStore(t *testing.T) {
 	testenv.Needs(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	pg, err := testenv.StartPostgres()
-	testenv.SkipIfMissing(t, err)
-	t.Cleanup(func() { _ = pg.Remove() })
-	queue, err := pgstore.Open(ctx, pg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(queue.Close)
+	queue := startQueue(t)
 	ns := newNamespace(t)
 	if _, err := queue.Publish(ctx, []pgstore.Event{{Namespace: ns, Name: "order-1", UID: "u1", Type: "order.created",
 		Payload: []byte(`{}`), MessageID: "msg_u1", Endpoints: []string{"acme", "globex"}}}); err != nil {
@@ -254,4 +240,18 @@ func TestRetryInThePostgresStore(t *testing.T) {
 	if !strings.Contains(r.out, "Succeeded") {
 		t.Fatalf("history show in the PostgreSQL store:\n%s", r.out)
 	}
+}
+
+// startQueue starts PostgreSQL with the delivery queue on it; both go when the test ends.
+func startQueue(t *testing.T) *pgstore.Queue {
+	t.Helper()
+	pg, err := testenv.StartPostgres()
+	testenv.SkipIfMissing(t, err)
+	t.Cleanup(func() { _ = pg.Remove() })
+	queue, err := pgstore.Open(context.Background(), pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(queue.Close)
+	return queue
 }

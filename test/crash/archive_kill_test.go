@@ -91,6 +91,29 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
+// pollUntil polls cond until it holds, or fails the test with what it saw last.
+func pollUntil(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, string)) {
+	t.Helper()
+	last := ""
+	if err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		ok, state := cond(ctx)
+		last = state
+		return ok, nil
+	}); err != nil {
+		t.Fatalf("%s: %v (last seen: %s)", what, err, last)
+	}
+}
+
+// waitReady waits for an endpoint to be Ready.
+func waitReady(t *testing.T, c client.Client, ns, name string) {
+	t.Helper()
+	pollUntil(t, 60*time.Second, "endpoint "+name+" Ready", func(ctx context.Context) (bool, string) {
+		var ep hooklinev1.WebhookEndpoint
+		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &ep)
+		return err == nil && meta.IsStatusConditionTrue(ep.Status.Conditions, hooklinev1.ConditionReady), fmt.Sprint(err)
+	})
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -149,20 +172,9 @@ func TestManagerKilledWhileArchivingLosesAndDuplicatesNothing(t *testing.T) {
 	}
 	poll := func(timeout time.Duration, what string, cond func(ctx context.Context) (bool, string)) {
 		t.Helper()
-		last := ""
-		if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-			ok, state := cond(ctx)
-			last = state
-			return ok, nil
-		}); err != nil {
-			t.Fatalf("%s: %v (last seen: %s)", what, err, last)
-		}
+		pollUntil(t, timeout, what, cond)
 	}
-	poll(60*time.Second, "endpoint Ready", func(ctx context.Context) (bool, string) {
-		var ep hooklinev1.WebhookEndpoint
-		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, &ep)
-		return err == nil && meta.IsStatusConditionTrue(ep.Status.Conditions, hooklinev1.ConditionReady), fmt.Sprint(err)
-	})
+	waitReady(t, c, ns, "acme")
 
 	const messages = 300
 	for i := range messages {

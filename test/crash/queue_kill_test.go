@@ -15,10 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
@@ -87,20 +84,9 @@ func TestReplicaKilledWhileDeliveringFromTheQueueLosesNothing(t *testing.T) {
 	}
 	poll := func(timeout time.Duration, what string, cond func(ctx context.Context) (bool, string)) {
 		t.Helper()
-		last := ""
-		if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-			ok, state := cond(ctx)
-			last = state
-			return ok, nil
-		}); err != nil {
-			t.Fatalf("%s: %v (last seen: %s)", what, err, last)
-		}
+		pollUntil(t, timeout, what, cond)
 	}
-	poll(60*time.Second, "endpoint Ready", func(ctx context.Context) (bool, string) {
-		var ep hooklinev1.WebhookEndpoint
-		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, &ep)
-		return err == nil && meta.IsStatusConditionTrue(ep.Status.Conditions, hooklinev1.ConditionReady), fmt.Sprint(err)
-	})
+	waitReady(t, c, ns, "acme")
 	token, err := env.ServiceAccountToken(ctx, ns, "producer",
 		rbacv1.PolicyRule{APIGroups: []string{"hookline.dev"}, Resources: []string{"webhookevents"}, Verbs: []string{"create"}})
 	if err != nil {
