@@ -31,6 +31,7 @@ import (
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/deliverystate"
 	"github.com/hookline/hookline/internal/fairqueue"
+	"github.com/hookline/hookline/internal/signing"
 	"github.com/hookline/hookline/internal/throttle"
 )
 
@@ -243,14 +244,26 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 // use it. An errWait says the attempt cannot be made yet.
 func signAndSend(ctx context.Context, c client.Reader, secrets SecretReader, sender delivery.Sender, ep *hooklinev1.WebhookEndpoint,
 	msg message, now time.Time, done func()) (delivery.Result, string, error) {
-	keys, err := loadSigningKeys(ctx, c, ep, now)
-	var problem *secretProblem
-	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
-		return delivery.Result{}, "", &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
-	}
+	keys, err := signingKeys(ctx, c, ep, now)
 	if err != nil {
 		return delivery.Result{}, "", err
 	}
+	return sendSigned(ctx, secrets, sender, ep, msg, keys, now, done)
+}
+
+// signingKeys loads the endpoint's keys; keys that are not ready are an errWait.
+func signingKeys(ctx context.Context, c client.Reader, ep *hooklinev1.WebhookEndpoint, now time.Time) ([]signing.Key, error) {
+	keys, err := loadSigningKeys(ctx, c, ep, now)
+	var problem *secretProblem
+	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
+		return nil, &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
+	}
+	return keys, err
+}
+
+// sendSigned signs with keys and sends once.
+func sendSigned(ctx context.Context, secrets SecretReader, sender delivery.Sender, ep *hooklinev1.WebhookEndpoint,
+	msg message, keys []signing.Key, now time.Time, done func()) (delivery.Result, string, error) {
 	req, signature, err := buildRequest(ctx, secrets, ep, msg, keys, now)
 	if err != nil {
 		return delivery.Result{}, "", err

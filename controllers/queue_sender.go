@@ -20,6 +20,7 @@ import (
 	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/signing"
 	wire "github.com/hookline/hookline/internal/message"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/throttle"
@@ -52,6 +53,21 @@ type QueueSender struct {
 	// replicas is how many replicas deliver from the queue (by heartbeat): an
 	// endpoint's limits are divided among them.
 	replicas atomic.Int64
+	// recent holds each endpoint and its signing keys as read within recentFor: at
+	// thousands of deliveries a second, reading and decoding them for every attempt
+	// was a fifth of the sender's CPU.
+	recent sync.Map // "namespace/name" -> recentEndpoint
+}
+
+// recentFor bounds how stale an endpoint or its keys may be when an attempt uses them:
+// a rotation, a pause or a disable takes effect within it.
+const recentFor = time.Second
+
+type recentEndpoint struct {
+	ep   *hooklinev1.WebhookEndpoint // nil: it does not exist
+	keys []signing.Key
+	err  error // the keys' problem, if any
+	at   time.Time
 }
 
 // heartbeatEvery is how often a replica says it delivers.
@@ -192,10 +208,13 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 	later := func(after time.Duration, reason string) pgstore.Outcome {
 		return pgstore.Outcome{ID: c.ID, State: string(st.Phase), Attempts: c.Attempts, DueAt: now.Add(after), Reason: reason}
 	}
+	recent, err := s.endpoint(ctx, c.Namespace, c.Endpoint, now)
 	var ep hooklinev1.WebhookEndpoint
-	err := s.Client.Get(ctx, types.NamespacedName{Namespace: c.Namespace, Name: c.Endpoint}, &ep)
+	if recent.ep != nil {
+		ep = *recent.ep
+	}
 	switch {
-	case apierrors.IsNotFound(err) || (err == nil && ep.DeletionTimestamp != nil):
+	case err == nil && (recent.ep == nil || ep.DeletionTimestamp != nil):
 		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", c.Endpoint), now), nil)
 	case err != nil:
 		return later(queueWaitReady, hooklinev1.ReasonWaiting)
@@ -217,7 +236,12 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonBadPayload, err.Error(), now), nil)
 	}
 	msg := message{id: c.MessageID, body: body, createdAt: c.CreatedAt}
-	res, signature, err := signAndSend(ctx, s.Client, s.Secrets, s.Sender, &ep, msg, now, admission.Release)
+	var res delivery.Result
+	var signature string
+	err = recent.err
+	if err == nil {
+		res, signature, err = sendSigned(ctx, s.Secrets, s.Sender, &ep, msg, recent.keys, now, admission.Release)
+	}
 	admission.Release()
 	var wait *errWait
 	switch {
@@ -240,6 +264,29 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 	last := next.History[len(next.History)-1]
 	return s.finished(c, next, &pgstore.Attempt{Time: now, DurationMs: last.DurationMs, StatusCode: last.StatusCode,
 		Error: last.Error, Response: last.Response})
+}
+
+// endpoint is the endpoint and its signing keys, read at most recentFor ago.
+func (s *QueueSender) endpoint(ctx context.Context, namespace, name string, now time.Time) (recentEndpoint, error) {
+	key := namespace + "/" + name
+	if r, ok := s.recent.Load(key); ok && now.Sub(r.(recentEndpoint).at) < recentFor {
+		return r.(recentEndpoint), nil
+	}
+	r := recentEndpoint{at: now}
+	var ep hooklinev1.WebhookEndpoint
+	err := s.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &ep)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return r, err
+	default:
+		r.ep = &ep
+		if ep.AcceptsDeliveries() {
+			r.keys, r.err = signingKeys(ctx, s.Client, &ep, now)
+		}
+	}
+	s.recent.Store(key, r)
+	return r, nil
 }
 
 // admit asks the throttle for the endpoint's limits, waiting in process up to
