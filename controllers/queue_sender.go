@@ -20,8 +20,8 @@ import (
 	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/deliverystate"
-	"github.com/hookline/hookline/internal/signing"
 	wire "github.com/hookline/hookline/internal/message"
+	"github.com/hookline/hookline/internal/signing"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/throttle"
 )
