@@ -47,10 +47,15 @@ type endpointHealth struct {
 	metrics *Metrics
 	mu      sync.Mutex
 	pending map[types.NamespacedName]*healthDelta
+	// healthySince remembers, per endpoint, the success this recorder last wrote with
+	// no failure after it: a sender reading a copy of the endpoint from before that
+	// write does not write the same news again within successRefresh.
+	healthySince map[types.NamespacedName]time.Time
 }
 
 func newEndpointHealth(c client.Client, live client.Reader, metrics *Metrics) *endpointHealth {
-	return &endpointHealth{client: c, live: live, metrics: metrics, pending: map[types.NamespacedName]*healthDelta{}}
+	return &endpointHealth{client: c, live: live, metrics: metrics, pending: map[types.NamespacedName]*healthDelta{},
+		healthySince: map[types.NamespacedName]time.Time{}}
 }
 
 // record notes an attempt's outcome. It reports whether the record should be written at
@@ -59,12 +64,15 @@ func (h *endpointHealth) record(ep *hooklinev1.WebhookEndpoint, outcome delivery
 	if outcome == delivery.Invalid {
 		return false // nothing the receiver did
 	}
-	if outcome == delivery.Succeeded && !h.hasPending(ep) && !needsSuccessWrite(&ep.Status, at) {
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	if outcome == delivery.Succeeded && !h.hasPending(ep) && (!needsSuccessWrite(&ep.Status, at) || h.recentlyHealthy(key, at)) {
 		return false // healthy and recently recorded: nothing to write
 	}
-	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if outcome != delivery.Succeeded {
+		delete(h.healthySince, key) // the next success is news again
+	}
 	d := h.pending[key]
 	if d == nil {
 		d = &healthDelta{}
@@ -88,6 +96,15 @@ func (h *endpointHealth) record(ep *hooklinev1.WebhookEndpoint, outcome delivery
 	}
 	tooLong := limit != nil && d.failures > 0 && at.Sub(failingSince) >= limit.Duration
 	return d.gone || tooLong
+}
+
+// recentlyHealthy: this recorder wrote a success for the endpoint within
+// successRefresh, and no failure since.
+func (h *endpointHealth) recentlyHealthy(key types.NamespacedName, at time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	since, ok := h.healthySince[key]
+	return ok && at.Sub(since) < successRefresh
 }
 
 func (h *endpointHealth) hasPending(ep *hooklinev1.WebhookEndpoint) bool {
@@ -184,6 +201,11 @@ func (h *endpointHealth) write(ctx context.Context, key types.NamespacedName, d 
 		}
 		if err := h.patch(ctx, before, &ep); err != nil {
 			return err
+		}
+		if d.reset && d.failures == 0 {
+			h.mu.Lock()
+			h.healthySince[key] = d.lastSuccess
+			h.mu.Unlock()
 		}
 		if before.Status.DisabledReason == "" && st.DisabledReason != "" {
 			logf.FromContext(ctx).V(1).Info("disabled", "endpoint", key, "reason", st.DisabledReason, "consecutiveFailures", st.ConsecutiveFailures)

@@ -148,3 +148,27 @@ func TestHealthRecordIsWrittenAndEnabled(t *testing.T) {
 		t.Fatalf("after the enable: %+v", st)
 	}
 }
+
+// A sender reading a copy of the endpoint from before the success was written does not
+// write the same success again; a failure makes the next success news again.
+func TestHealthRecordDoesNotRepeatASuccessFromAStaleCopy(t *testing.T) {
+	h := newEndpointHealth(nil, nil, NewMetrics())
+	ep := healthEndpoint(0) // never a success in its status: a stale copy
+	key := types.NamespacedName{Namespace: "ns", Name: "ep"}
+	h.record(ep, delivery.Succeeded, healthT0)
+	// As write() does after a success it applied:
+	h.mu.Lock()
+	delete(h.pending, key)
+	h.healthySince[key] = healthT0
+	h.mu.Unlock()
+	if h.record(ep, delivery.Succeeded, healthT0.Add(time.Second)); h.hasPending(ep) {
+		t.Fatal("the same success, read from a stale copy, is pending again")
+	}
+	h.record(ep, delivery.Retry, healthT0.Add(2*time.Second))
+	h.mu.Lock()
+	delete(h.pending, key)
+	h.mu.Unlock()
+	if h.record(ep, delivery.Succeeded, healthT0.Add(3*time.Second)); !h.hasPending(ep) {
+		t.Fatal("a success after a failure must be written")
+	}
+}
