@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hookline/hookline/internal/pgbatch"
 	"github.com/hookline/hookline/internal/pgmigrate"
 )
 
@@ -170,22 +171,14 @@ func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Pay
 				d.UID, d.FinishedAt, d.Namespace, d.Name, d.Endpoint, d.EventType, d.MessageID,
 				eventUID, eventName, d.Phase, d.Attempts, d.SignatureScheme, d.CreatedAt, string(history), payload)
 		}
-		results := tx.SendBatch(ctx, b)
-		for range payloads {
-			if _, err := results.Exec(); err != nil {
-				_ = results.Close()
-				return err
-			}
+		affected, err := pgbatch.Exec(ctx, tx, b)
+		if err != nil {
+			return err
 		}
-		for range deliveries {
-			tag, err := results.Exec()
-			if err != nil {
-				_ = results.Close()
-				return err
-			}
-			added += int(tag.RowsAffected()) // 0: archived before (a rewrite after an outage)
+		for _, n := range affected[len(payloads):] {
+			added += int(n) // 0: archived before (a rewrite after an outage)
 		}
-		return results.Close()
+		return nil
 	})
 	if err != nil {
 		return 0, redact(err, s.dsn)

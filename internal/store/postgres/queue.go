@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hookline/hookline/internal/pgbatch"
 	"github.com/hookline/hookline/internal/pgmigrate"
 )
 
@@ -134,17 +135,12 @@ func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
 				SELECT ev.namespace, ev.name, ep, $6 FROM ev, unnest($7::text[]) AS ep`,
 				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints, publishedAt(e.CreatedAt))
 		}
-		results := tx.SendBatch(ctx, b)
-		for range events {
-			tag, err := results.Exec()
-			if err != nil {
-				_ = results.Close()
-				return err
-			}
-			queued += int(tag.RowsAffected())
-		}
-		if err := results.Close(); err != nil {
+		affected, err := pgbatch.Exec(ctx, tx, b)
+		if err != nil {
 			return err
+		}
+		for _, n := range affected {
+			queued += int(n)
 		}
 		if queued > 0 {
 			_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, wakeChannel)
@@ -225,19 +221,17 @@ func (q *Queue) Record(ctx context.Context, owner string, outcomes []Outcome) ([
 				WHERE id = $1 AND lease_owner = $2`,
 				o.ID, owner, o.State, o.Attempts, o.DueAt, o.Reason, finished, attempt, status)
 		}
-		br := tx.SendBatch(ctx, b)
-		for i := range outcomes {
-			tag, err := br.Exec()
-			if err != nil {
-				_ = br.Close()
-				return err
-			}
+		affected, err := pgbatch.Exec(ctx, tx, b)
+		if err != nil {
+			return err
+		}
+		for i, n := range affected {
 			results[i] = nil
-			if tag.RowsAffected() == 0 {
+			if n == 0 {
 				results[i] = ErrLeaseLost
 			}
 		}
-		return br.Close()
+		return nil
 	})
 	if err != nil {
 		return nil, q.redact(err)
