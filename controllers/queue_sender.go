@@ -206,7 +206,7 @@ func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outc
 		st.Phase = hooklinev1.PhaseRetrying
 	}
 	later := func(after time.Duration, reason string) pgstore.Outcome {
-		return pgstore.Outcome{ID: c.ID, State: string(st.Phase), Attempts: c.Attempts, DueAt: now.Add(after), Reason: reason}
+		return pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: c.Attempts, DueAt: now.Add(after), Reason: reason}
 	}
 	recent, err := s.endpoint(ctx, c.Namespace, c.Endpoint, now)
 	var ep hooklinev1.WebhookEndpoint
@@ -335,7 +335,7 @@ func (s *QueueSender) wakeWaiter(caller string) {
 
 // finished turns the state machine's status into the outcome to record.
 func (s *QueueSender) finished(c pgstore.Claim, st hooklinev1.WebhookDeliveryStatus, a *pgstore.Attempt) pgstore.Outcome {
-	out := pgstore.Outcome{ID: c.ID, State: string(st.Phase), Attempts: st.Attempts, Attempt: a, DueAt: s.Clock.Now()}
+	out := pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: st.Attempts, Attempt: a, DueAt: s.Clock.Now()}
 	if st.NextAttemptTime != nil {
 		out.DueAt = st.NextAttemptTime.Time
 	}

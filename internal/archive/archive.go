@@ -8,7 +8,6 @@ import (
 	"embed"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookline/hookline/internal/pgbatch"
+	"github.com/hookline/hookline/internal/pgdays"
 	"github.com/hookline/hookline/internal/pgmigrate"
 )
 
@@ -66,7 +66,7 @@ type Store struct {
 	dsn        string
 	mu         sync.Mutex
 	migrated   bool
-	partitions map[string]bool // partitions known to exist, by table name
+	partitions *pgdays.Partitions
 }
 
 // New returns a store for dsn without connecting: the database may be down when the
@@ -80,7 +80,7 @@ func New(dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive: %w", redact(err, dsn))
 	}
-	return &Store{pool: pool, dsn: dsn, partitions: map[string]bool{}}, nil
+	return &Store{pool: pool, dsn: dsn, partitions: pgdays.New(pool)}, nil
 }
 
 // Open returns a store with its migrations applied.
@@ -133,16 +133,14 @@ func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Pay
 	if err := s.ready(ctx); err != nil {
 		return 0, err
 	}
-	days := map[string]time.Time{}
 	for _, d := range deliveries {
-		days["hookline_deliveries"+dayOf(d.FinishedAt)] = d.FinishedAt
+		if err := s.partitions.Ensure(ctx, deliveriesTable, d.FinishedAt); err != nil {
+			return 0, redact(err, s.dsn)
+		}
 	}
 	for _, p := range payloads {
-		days["hookline_payloads"+dayOf(p.CreatedAt)] = p.CreatedAt
-	}
-	for partition, t := range days {
-		if err := s.ensurePartition(ctx, partition, t); err != nil {
-			return 0, err
+		if err := s.partitions.Ensure(ctx, payloadsTable, p.CreatedAt); err != nil {
+			return 0, redact(err, s.dsn)
 		}
 	}
 	added := 0
@@ -186,31 +184,11 @@ func (s *Store) Write(ctx context.Context, deliveries []Delivery, payloads []Pay
 	return added, nil
 }
 
-func dayOf(t time.Time) string { return "_" + t.UTC().Format("20060102") }
-
-// ensurePartition creates the day's partition of a table once.
-func (s *Store) ensurePartition(ctx context.Context, partition string, t time.Time) error {
-	s.mu.Lock()
-	known := s.partitions[partition]
-	s.mu.Unlock()
-	if known {
-		return nil
-	}
-	table := partition[:strings.LastIndexByte(partition, '_')]
-	from := t.UTC().Truncate(24 * time.Hour)
-	sql := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')`,
-		partition, table, from.Format(time.RFC3339), from.Add(24*time.Hour).Format(time.RFC3339))
-	if _, err := s.pool.Exec(ctx, sql); err != nil {
-		// Two writers may create it at once; it exists either way.
-		if !strings.Contains(err.Error(), "already exists") {
-			return err
-		}
-	}
-	s.mu.Lock()
-	s.partitions[partition] = true
-	s.mu.Unlock()
-	return nil
-}
+// The archive's tables, partitioned by day.
+const (
+	deliveriesTable = "hookline_deliveries"
+	payloadsTable   = "hookline_payloads"
+)
 
 // DropBefore drops the daily partitions that end at or before cutoff and returns
 // their names.
@@ -218,29 +196,20 @@ func (s *Store) DropBefore(ctx context.Context, cutoff time.Time) ([]string, err
 	if err := s.ready(ctx); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i
-		JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-		WHERE p.relname IN ('hookline_deliveries', 'hookline_payloads')`)
+	days, err := s.partitions.Days(ctx, deliveriesTable, payloadsTable)
 	if err != nil {
-		return nil, err
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
+		return nil, redact(err, s.dsn)
 	}
 	var dropped []string
-	for _, name := range names {
-		day, err := time.Parse("20060102", name[strings.LastIndexByte(name, '_')+1:])
-		if err != nil || day.Add(24*time.Hour).After(cutoff) {
+	for _, day := range days {
+		if !pgdays.Ended(day, cutoff) {
 			continue
 		}
-		if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{name}.Sanitize()); err != nil {
-			return dropped, err
+		names, err := s.partitions.Drop(ctx, day, nil, deliveriesTable, payloadsTable)
+		dropped = append(dropped, names...)
+		if err != nil {
+			return dropped, redact(err, s.dsn)
 		}
-		s.mu.Lock()
-		delete(s.partitions, name)
-		s.mu.Unlock()
-		dropped = append(dropped, name)
 	}
 	return dropped, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookline/hookline/internal/pgdays"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -144,7 +145,7 @@ func TestDropBeforeDropsWholeDays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dropped) != 1 || dropped[0] != "hookline_deliveries"+dayOf(now.Add(-40*24*time.Hour)) {
+	if len(dropped) != 1 || dropped[0] != pgdays.Name(deliveriesTable, now.Add(-40*24*time.Hour)) {
 		t.Fatalf("dropped %v", dropped)
 	}
 	got, err := s.List(ctx, Filter{Namespace: ns})

@@ -202,7 +202,7 @@ func TestRetryInThePostgresStore(t *testing.T) {
 		if c.Endpoint == "globex" {
 			state = pgstore.StateExhausted
 		}
-		outcomes = append(outcomes, pgstore.Outcome{ID: c.ID, State: state, Attempts: 3})
+		outcomes = append(outcomes, pgstore.Outcome{Ref: c.Ref, State: state, Attempts: 3})
 	}
 	if _, err := queue.Record(ctx, "test", outcomes); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func (q *Queue) List(ctx context.Context, f archive.Filter) ([]archive.Delivery,
 	}
 	rows, err := q.pool.Query(ctx, `SELECT d.id, coalesce(d.finished_at, d.created_at) AS at, d.namespace, d.event_name, d.endpoint,
 			e.event_type, d.message_id, e.uid, d.state, d.attempts, d.created_at, d.history, e.payload
-		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name
+		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name AND e.day = d.day
 		WHERE d.namespace = @namespace
 		AND (@name = '' OR starts_with(@name, d.event_name || '-'))
 		AND (@endpoint = '' OR d.endpoint = @endpoint)

@@ -1,7 +1,8 @@
 // Package postgres is the delivery queue in PostgreSQL, for the users who outgrow etcd:
 // an event and its fan-out in one transaction (the payload stored once), due
 // deliveries claimed with FOR UPDATE SKIP LOCKED and a lease, outcomes written in
-// group commits, LISTEN/NOTIFY wake-ups. Finished rows stay as the history.
+// group commits, LISTEN/NOTIFY wake-ups. Finished rows stay as the history, in
+// partitions by the event's day that retention drops whole.
 //
 // Why not River: hookline's queue rows are the delivery history users read by
 // namespace, endpoint and phase, with the payload stored once per event and fanned out
@@ -20,9 +21,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookline/hookline/internal/pgbatch"
+	"github.com/hookline/hookline/internal/pgdays"
 	"github.com/hookline/hookline/internal/pgmigrate"
 )
 
@@ -31,6 +34,12 @@ var migrations embed.FS
 
 // wakeChannel is the NOTIFY channel of new due work.
 const wakeChannel = "hookline_due"
+
+// The queue's tables, partitioned by the event's day.
+const (
+	eventsTable     = "hookline_queue_events"
+	deliveriesTable = "hookline_queue_deliveries"
+)
 
 // States of a queued delivery: the WebhookDelivery phases.
 const (
@@ -52,9 +61,15 @@ type Event struct {
 	CreatedAt       time.Time // when it was published: the body's timestamp (now when zero)
 }
 
+// Ref names a queued delivery: its id, and its event's day (the row's partition).
+type Ref struct {
+	ID  int64
+	Day time.Time
+}
+
 // Claim is a due delivery a worker holds until its lease ends.
 type Claim struct {
-	ID                   int64
+	Ref
 	Namespace, EventName string
 	Endpoint             string
 	EventType            string
@@ -75,7 +90,7 @@ type Attempt struct {
 
 // Outcome is what became of a claim: its new state, and the attempt if one was made.
 type Outcome struct {
-	ID       int64
+	Ref      // the claim's
 	State    string
 	Attempts int32
 	DueAt    time.Time // the next attempt (unfinished states)
@@ -87,6 +102,7 @@ type Outcome struct {
 type Queue struct {
 	pool *pgxpool.Pool
 	dsn  string
+	days *pgdays.Partitions
 }
 
 // Open connects and applies the queue's migrations.
@@ -104,7 +120,7 @@ func Open(ctx context.Context, dsn string) (*Queue, error) {
 		pool.Close()
 		return nil, fmt.Errorf("delivery queue migrations: %w", pgmigrate.Redact(err, dsn))
 	}
-	return &Queue{pool: pool, dsn: dsn}, nil
+	return &Queue{pool: pool, dsn: dsn, days: pgdays.New(pool)}, nil
 }
 
 // Close closes the connections.
@@ -117,23 +133,48 @@ func (q *Queue) redact(err error) error { return pgmigrate.Redact(err, q.dsn) }
 
 // Publish stores events and their deliveries in one transaction, and wakes idle
 // workers when it commits. An event whose (namespace, name) is stored already is left
-// as it is, deliveries and all: publishing is idempotent by name. It returns how many
-// deliveries were queued.
+// as it is, deliveries and all: publishing is idempotent by name while retention keeps
+// the name's day. It returns how many deliveries were queued.
 func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
 	if len(events) == 0 {
 		return 0, nil
+	}
+	queued, err := q.publish(ctx, events)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23514" { // check_violation
+		// No partition for a row: another replica's retention dropped its day.
+		q.days.Forget()
+		queued, err = q.publish(ctx, events)
+	}
+	if err != nil {
+		return 0, q.redact(err)
+	}
+	return queued, nil
+}
+
+func (q *Queue) publish(ctx context.Context, events []Event) (int, error) {
+	for i := range events {
+		events[i].CreatedAt = publishedAt(events[i].CreatedAt)
+		for _, table := range []string{eventsTable, deliveriesTable} {
+			if err := q.days.Ensure(ctx, table, events[i].CreatedAt); err != nil {
+				return 0, err
+			}
+		}
 	}
 	queued := 0
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		queued = 0
 		b := &pgx.Batch{}
 		for _, e := range events {
+			// The key makes a name unique within its day; NOT EXISTS, across days.
 			b.Queue(`WITH ev AS (
-				INSERT INTO hookline_queue_events (namespace, name, uid, event_type, payload, created_at)
-				VALUES ($1, $2, $3, $4, $5, $8) ON CONFLICT DO NOTHING RETURNING namespace, name)
-				INSERT INTO hookline_queue_deliveries (namespace, event_name, endpoint, message_id)
-				SELECT ev.namespace, ev.name, ep, $6 FROM ev, unnest($7::text[]) AS ep`,
-				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints, publishedAt(e.CreatedAt))
+				INSERT INTO hookline_queue_events (namespace, name, uid, event_type, payload, created_at, day)
+				SELECT $1, $2, $3, $4, $5, $8, $9
+				WHERE NOT EXISTS (SELECT 1 FROM hookline_queue_events WHERE namespace = $1 AND name = $2)
+				ON CONFLICT DO NOTHING RETURNING namespace, name, day)
+				INSERT INTO hookline_queue_deliveries (namespace, event_name, day, endpoint, message_id)
+				SELECT ev.namespace, ev.name, ev.day, ep, $6 FROM ev, unnest($7::text[]) AS ep`,
+				e.Namespace, e.Name, e.UID, e.Type, e.Payload, e.MessageID, e.Endpoints, e.CreatedAt, pgdays.Day(e.CreatedAt))
 		}
 		affected, err := pgbatch.Exec(ctx, tx, b)
 		if err != nil {
@@ -148,10 +189,7 @@ func (q *Queue) Publish(ctx context.Context, events []Event) (int, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, q.redact(err)
-	}
-	return queued, nil
+	return queued, err
 }
 
 func publishedAt(t time.Time) time.Time {
@@ -165,20 +203,20 @@ func publishedAt(t time.Time) time.Time {
 // ended unrecorded (its holder died) is due again, with the same message id and body.
 func (q *Queue) Claim(ctx context.Context, owner string, limit int, lease time.Duration) ([]Claim, error) {
 	rows, err := q.pool.Query(ctx, `WITH due AS (
-			SELECT id FROM hookline_queue_deliveries
+			SELECT id, day FROM hookline_queue_deliveries
 			WHERE finished_at IS NULL AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
 			ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
 		UPDATE hookline_queue_deliveries d SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
 		FROM due, hookline_queue_events e
-		WHERE d.id = due.id AND e.namespace = d.namespace AND e.name = d.event_name
-		RETURNING d.id, d.namespace, d.event_name, d.endpoint, e.event_type, d.message_id, e.payload, d.attempts, e.created_at`,
+		WHERE d.id = due.id AND d.day = due.day AND e.namespace = d.namespace AND e.name = d.event_name AND e.day = d.day
+		RETURNING d.id, d.namespace, d.event_name, d.endpoint, e.event_type, d.message_id, e.payload, d.attempts, e.created_at, d.day`,
 		limit, owner, lease.Seconds())
 	if err != nil {
 		return nil, q.redact(err)
 	}
 	claims, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Claim, error) {
 		var c Claim
-		err := row.Scan(&c.ID, &c.Namespace, &c.EventName, &c.Endpoint, &c.EventType, &c.MessageID, &c.Payload, &c.Attempts, &c.CreatedAt)
+		err := row.Scan(&c.ID, &c.Namespace, &c.EventName, &c.Endpoint, &c.EventType, &c.MessageID, &c.Payload, &c.Attempts, &c.CreatedAt, &c.Day)
 		return c, err
 	})
 	return claims, q.redact(err)
@@ -218,8 +256,8 @@ func (q *Queue) Record(ctx context.Context, owner string, outcomes []Outcome) ([
 					history = CASE WHEN $8::jsonb IS NULL THEN history
 						WHEN jsonb_array_length(history) >= 10 THEN (history - 0) || $8::jsonb
 						ELSE history || $8::jsonb END
-				WHERE id = $1 AND lease_owner = $2`,
-				o.ID, owner, o.State, o.Attempts, o.DueAt, o.Reason, finished, attempt, status)
+				WHERE id = $1 AND day = $10 AND lease_owner = $2`,
+				o.ID, owner, o.State, o.Attempts, o.DueAt, o.Reason, finished, attempt, status, o.Day)
 		}
 		affected, err := pgbatch.Exec(ctx, tx, b)
 		if err != nil {
@@ -296,7 +334,7 @@ type Delivery struct {
 func (q *Queue) Deliveries(ctx context.Context, namespace string, limit int) ([]Delivery, error) {
 	rows, err := q.pool.Query(ctx, `SELECT d.id, d.namespace, d.event_name, d.endpoint, e.event_type, d.message_id, d.state,
 			d.attempts, d.response_status, d.reason, d.due_at, d.created_at, d.finished_at, d.history
-		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name
+		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name AND e.day = d.day
 		WHERE d.namespace = $1 ORDER BY d.created_at DESC, d.id DESC LIMIT $2`, namespace, limit)
 	if err != nil {
 		return nil, q.redact(err)
@@ -416,31 +454,31 @@ func (r *Recorder) commit(ctx context.Context, batch []recordRequest) {
 	}
 }
 
-// DropBefore deletes the history older than cutoff: events published before it whose
-// deliveries have all finished, with their deliveries, in batches so that no
-// transaction holds the queue for long. It runs hourly on the leader, off the hot
-// path. A name published again after its event was dropped is a new event.
+// DropBefore drops the history of the days that ended before cutoff, a whole day (its
+// events and their deliveries) at a time, off the hot path. A day with a delivery still
+// unfinished stays until that delivery finishes. A name published again after its day
+// was dropped is a new event.
 func (q *Queue) DropBefore(ctx context.Context, cutoff time.Time) ([]string, error) {
-	total := int64(0)
-	for {
-		tag, err := q.pool.Exec(ctx, `DELETE FROM hookline_queue_events WHERE ctid IN (
-				SELECT e.ctid FROM hookline_queue_events e
-				WHERE e.created_at < $1 AND NOT EXISTS (
-					SELECT 1 FROM hookline_queue_deliveries d
-					WHERE d.namespace = e.namespace AND d.event_name = e.name AND d.finished_at IS NULL)
-				LIMIT 5000)`, cutoff)
+	days, err := q.days.Days(ctx, deliveriesTable, eventsTable)
+	if err != nil {
+		return nil, q.redact(err)
+	}
+	var dropped []string
+	for _, day := range days {
+		if !pgdays.Ended(day, cutoff) {
+			continue
+		}
+		names, err := q.days.Drop(ctx, day, func(ctx context.Context, tx pgx.Tx) (bool, error) {
+			var live bool
+			err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM hookline_queue_deliveries WHERE day = $1 AND finished_at IS NULL)`, day).Scan(&live)
+			return live, err
+		}, deliveriesTable, eventsTable)
+		dropped = append(dropped, names...)
 		if err != nil {
-			return nil, q.redact(err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < 5000 {
-			break
+			return dropped, q.redact(err)
 		}
 	}
-	if total == 0 {
-		return nil, nil
-	}
-	return []string{fmt.Sprintf("%d queued events and their deliveries", total)}, nil
+	return dropped, nil
 }
 
 // replicaTTL is how long a replica counts as live after its last heartbeat.

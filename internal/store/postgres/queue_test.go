@@ -13,6 +13,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/archive"
+	"github.com/hookline/hookline/internal/pgdays"
 	"github.com/hookline/hookline/internal/testenv"
 )
 
@@ -72,6 +73,11 @@ func TestPublishIsIdempotentByName(t *testing.T) {
 	again.Payload = []byte(`{"changed": true}`)
 	if n, err := q.Publish(ctx, []Event{again}); err != nil || n != 0 {
 		t.Fatalf("publishing e1 again queued %d (%v), want 0", n, err)
+	}
+	// The history is partitioned by day; a name is one message across days too.
+	again.CreatedAt = time.Now().Add(48 * time.Hour)
+	if n, err := q.Publish(ctx, []Event{again}); err != nil || n != 0 {
+		t.Fatalf("publishing e1 again two days later queued %d (%v), want 0", n, err)
 	}
 	var payloads int
 	if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM hookline_queue_events WHERE namespace = $1`, ns).Scan(&payloads); err != nil {
@@ -172,14 +178,14 @@ func TestAnAbandonedClaimIsClaimedAgainWithTheSameMessage(t *testing.T) {
 	if second[0].ID != first[0].ID || second[0].MessageID != first[0].MessageID || !bytes.Equal(second[0].Payload, first[0].Payload) {
 		t.Fatalf("claimed again as %+v, first as %+v: the same message id and bytes are owed", second[0], first[0])
 	}
-	results, err := q.Record(ctx, "dead-"+ns, []Outcome{{ID: first[0].ID, State: StateSucceeded, Attempts: 1}})
+	results, err := q.Record(ctx, "dead-"+ns, []Outcome{{Ref: first[0].Ref, State: StateSucceeded, Attempts: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !errors.Is(results[0], ErrLeaseLost) {
 		t.Fatalf("the dead holder's late record: %v, want ErrLeaseLost", results[0])
 	}
-	results, err = q.Record(ctx, "other-"+ns, []Outcome{{ID: first[0].ID, State: StateSucceeded, Attempts: 1,
+	results, err = q.Record(ctx, "other-"+ns, []Outcome{{Ref: first[0].Ref, State: StateSucceeded, Attempts: 1,
 		Attempt: &Attempt{Time: time.Now(), StatusCode: 200}}})
 	if err != nil || results[0] != nil {
 		t.Fatalf("the holder's record: %v %v", err, results)
@@ -216,7 +222,7 @@ func TestRecorderCommitsInBatchesAndRetriesAreDue(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, c := range claims {
 		wg.Go(func() {
-			if err := rec.Record(ctx, Outcome{ID: c.ID, State: StateRetrying, Attempts: 1, DueAt: later,
+			if err := rec.Record(ctx, Outcome{Ref: c.Ref, State: StateRetrying, Attempts: 1, DueAt: later,
 				Attempt: &Attempt{Time: time.Now(), StatusCode: 503}}); err != nil {
 				t.Error(err)
 			}
@@ -230,12 +236,12 @@ func TestRecorderCommitsInBatchesAndRetriesAreDue(t *testing.T) {
 		t.Fatalf("%d retries claimed before they are due", len(again))
 	}
 	// Eleven more attempts of one delivery: the history keeps ten.
-	id := claims[0].ID
+	ref, id := claims[0].Ref, claims[0].ID
 	for i := range 11 {
 		if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET lease_owner = $2 WHERE id = $1`, id, "w-"+ns); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := q.Record(ctx, "w-"+ns, []Outcome{{ID: id, State: StateRetrying, Attempts: int32(i + 2), DueAt: later,
+		if _, err := q.Record(ctx, "w-"+ns, []Outcome{{Ref: ref, State: StateRetrying, Attempts: int32(i + 2), DueAt: later,
 			Attempt: &Attempt{Time: time.Now(), StatusCode: int32(500 + i)}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -285,7 +291,7 @@ func TestQueueListsAsTheHistory(t *testing.T) {
 	claims := claimNS(t, q, "w", ns, time.Minute)
 	var outcomes []Outcome
 	for _, c := range claims {
-		o := Outcome{ID: c.ID, State: StateSucceeded, Attempts: 1, Attempt: &Attempt{Time: time.Now(), StatusCode: 200}}
+		o := Outcome{Ref: c.Ref, State: StateSucceeded, Attempts: 1, Attempt: &Attempt{Time: time.Now(), StatusCode: 200}}
 		if c.Endpoint == "globex" {
 			o.State, o.Attempt.StatusCode = StateExhausted, 500
 		}
@@ -312,24 +318,41 @@ func TestQueueListsAsTheHistory(t *testing.T) {
 	}
 }
 
-// Retention drops finished history older than the cutoff, and nothing unfinished.
-func TestDropBeforeKeepsWhatIsUnfinished(t *testing.T) {
+// Retention drops whole days of history: a day whose deliveries have all finished goes
+// with its events and payloads; a day with a delivery still unfinished stays, as does
+// every day that has not ended before the cutoff. A dropped day can be written again.
+func TestDropBeforeDropsWholeFinishedDays(t *testing.T) {
 	t.Parallel()
 	q := open(t)
 	ctx := context.Background()
 	ns := "retention"
-	if _, err := q.Publish(ctx, []Event{event(ns, "done", "a", "b"), event(ns, "live", "a"), event(ns, "recent", "a")}); err != nil {
+	old, older, now := time.Now().Add(-40*24*time.Hour), time.Now().Add(-41*24*time.Hour), time.Now()
+	at := func(e Event, t time.Time) Event { e.CreatedAt = t; return e }
+	if _, err := q.Publish(ctx, []Event{at(event(ns, "done", "a", "b"), old), at(event(ns, "live", "a"), older),
+		at(event(ns, "older-done", "a"), older), event(ns, "recent", "a")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET finished_at = now(), state = 'Succeeded' WHERE event_name IN ('done', 'recent')`); err != nil {
+	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET finished_at = now(), state = 'Succeeded' WHERE event_name <> 'live'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_events SET created_at = now() - interval '40 days' WHERE name IN ('done', 'live')`); err != nil {
+	var before int
+	if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE c.relkind = 'r'`).Scan(&before); err != nil {
 		t.Fatal(err)
 	}
-	dropped, err := q.DropBefore(ctx, time.Now().Add(-30*24*time.Hour))
-	if err != nil || len(dropped) != 1 {
-		t.Fatalf("dropped %v (%v)", dropped, err)
+	dropped, err := q.DropBefore(ctx, now.Add(-30*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{pgdays.Name(deliveriesTable, old), pgdays.Name(eventsTable, old)}
+	if fmt.Sprint(dropped) != fmt.Sprint(want) {
+		t.Fatalf("dropped %v, want %v (the older day holds a live delivery)", dropped, want)
+	}
+	var after int
+	if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE c.relkind = 'r'`).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before-2 {
+		t.Fatalf("%d partitions after retention, want %d", after, before-2)
 	}
 	ds, err := q.Deliveries(ctx, ns, 10)
 	if err != nil {
@@ -339,8 +362,28 @@ func TestDropBeforeKeepsWhatIsUnfinished(t *testing.T) {
 	for _, d := range ds {
 		left[d.EventName]++
 	}
-	if left["done"] != 0 || left["live"] != 1 || left["recent"] != 1 {
-		t.Fatalf("left after retention: %v, want live and recent only", left)
+	if left["done"] != 0 || left["live"] != 1 || left["older-done"] != 1 || left["recent"] != 1 {
+		t.Fatalf("left after retention: %v, want live, older-done and recent", left)
+	}
+	// Once its day is dropped, a name is new again; the day's partitions are made anew.
+	if n, err := q.Publish(ctx, []Event{at(event(ns, "done", "a"), old)}); err != nil || n != 1 {
+		t.Fatalf("publishing a dropped day's name queued %d (%v), want 1", n, err)
+	}
+	// Another replica (sharing the database) drops that day again; this one still
+	// believes its partitions exist, and publishing there works all the same.
+	other, err := Open(ctx, q.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := q.pool.Exec(ctx, `UPDATE hookline_queue_deliveries SET finished_at = now(), state = 'Succeeded'`); err != nil {
+		t.Fatal(err)
+	}
+	if dropped, err := other.DropBefore(ctx, now.Add(-30*24*time.Hour)); err != nil || len(dropped) != 4 {
+		t.Fatalf("the other replica dropped %v (%v), want both old days", dropped, err)
+	}
+	if n, err := q.Publish(ctx, []Event{at(event(ns, "late", "a"), old)}); err != nil || n != 1 {
+		t.Fatalf("publishing into a day another replica dropped queued %d (%v), want 1", n, err)
 	}
 }
 
@@ -361,7 +404,7 @@ func TestRetryStartsAFinishedDeliveryAgain(t *testing.T) {
 		if c.Endpoint == "globex" {
 			state = StateExhausted
 		}
-		outcomes = append(outcomes, Outcome{ID: c.ID, State: state, Attempts: 3})
+		outcomes = append(outcomes, Outcome{Ref: c.Ref, State: state, Attempts: 3})
 	}
 	if _, err := q.Record(ctx, "w-"+ns, outcomes); err != nil {
 		t.Fatal(err)
