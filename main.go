@@ -34,6 +34,7 @@ import (
 	"github.com/hookline/hookline/internal/httpsserve"
 	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/publishapi"
+	"github.com/hookline/hookline/internal/queuesender"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/version"
 )
@@ -104,7 +105,7 @@ func (o *options) flagSet() *flag.FlagSet {
 	fs.StringVar(&o.deliveryStore, "delivery-store", "kubernetes", "where deliveries are queued: kubernetes (WebhookDelivery objects in the API server) or postgres (the database of --archive-postgres-dsn-file; every replica delivers, nothing per delivery is written to the API server)")
 	fs.DurationVar(&o.archiveRetention, "archive-retention", 30*24*time.Hour, "how long the archive keeps deliveries; whole days are dropped")
 	fs.StringVar(&o.historyAddr, "history-bind-address", ":8444", "address of the archive's read-only history API (HTTPS; with an archive only; \"0\" disables it)")
-	fs.DurationVar(&o.deliveryLease, "delivery-lease", controllers.DefaultDeliveryLease, "how long a replica holds a claimed delivery before another may take it (PostgreSQL store): longer than any attempt; a replica that dies leaves its claims to the others after it")
+	fs.DurationVar(&o.deliveryLease, "delivery-lease", queuesender.DefaultLease, "how long a replica holds a claimed delivery before another may take it (PostgreSQL store): longer than any attempt; a replica that dies leaves its claims to the others after it")
 	fs.StringVar(&o.publishAddr, "publish-bind-address", ":8445", "address of the publish API (HTTPS; with --delivery-store=postgres only; \"0\" disables it)")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", -1, "queries per second to the API server; negative: no client-side limit, the API server's Priority and Fairness protects it")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "burst of queries to the API server (with a positive --kube-api-qps)")

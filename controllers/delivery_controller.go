@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -27,33 +26,26 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
-	"github.com/hookline/hookline/internal/backoff"
 	"github.com/hookline/hookline/internal/delivery"
 	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/engine"
 	"github.com/hookline/hookline/internal/fairqueue"
 	"github.com/hookline/hookline/internal/signing"
-	"github.com/hookline/hookline/internal/throttle"
 )
 
 // DeliveryReconciler signs, sends and retries WebhookDeliveries. Everything needed to
 // resume after a restart is in the delivery's status; waits are RequeueAfter.
 type DeliveryReconciler struct {
 	client.Client
-	Secrets       SecretReader
-	Sender        delivery.Sender
+	// Engine makes the attempts; its throttle wakes deliveries through wakeups when
+	// an in-flight slot frees up.
+	Engine        *engine.Engine
 	MaxConcurrent int
-	// EndpointMaxInFlight is the in-flight cap of an endpoint that sets no maxInFlight.
-	EndpointMaxInFlight int
-	Recorder            eventRecorder
-	Clock               clock.Clock
-	Metrics             *Metrics
+	Recorder      eventRecorder
+	Clock         clock.Clock
+	Metrics       *Metrics
 
-	// throttle enforces the endpoints' rateLimit; wakeups carries the deliveries it
-	// wakes when an in-flight slot frees up.
-	throttle *throttle.Throttle
-	wakeups  chan event.GenericEvent
-	// health is the health recorder: it batches the endpoints' failure records.
-	health *endpointHealth
+	wakeups chan event.GenericEvent
 	// turns orders the work queue so that endpoints are served in turn.
 	turns *fairqueue.Turns
 
@@ -92,8 +84,8 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 	before := d.DeepCopy()
 	var attempted *attemptDone // set when a request was sent: acted on once it is recorded
 	defer func() {
-		// An invalid payload is refused before anything is sent.
-		sent := attempted != nil && attempted.outcome != delivery.Invalid
+		// A request that could not be made (an invalid URL) reached no receiver.
+		sent := attempted != nil && attempted.result.Sent.Outcome != delivery.Invalid
 		if err := r.patchStatus(ctx, before, &d, sent); err != nil {
 			retErr = errors.Join(retErr, err)
 			return
@@ -127,56 +119,34 @@ func (r *DeliveryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if ep == nil {
-		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", d.Spec.EndpointRef.Name), now)
-		return ctrl.Result{}, nil
+	res, err := r.Engine.Attempt(ctx, engine.Job{Status: *st, Generation: d.Generation, Endpoint: ep, EndpointName: d.Spec.EndpointRef.Name,
+		Caller:  req.String(),
+		Message: func(ctx context.Context) (engine.Message, error) { return loadMessage(ctx, r.Client, &d) },
+		Keys:    func(ctx context.Context) ([]signing.Key, error) { return engine.SigningKeys(ctx, r.Client, ep, now) },
+	})
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	if ep.Disabled() {
-		*st = deliverystate.Fail(*st, d.Generation, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason), now)
-		return ctrl.Result{}, nil
-	}
-	if !ep.AcceptsDeliveries() {
-		// The endpoint watch brings the delivery back when that changes.
-		why := "is paused"
-		if !ep.Spec.Paused {
-			why = "is not ready"
-			if reason := ep.ReadyReason(); reason != "" {
-				why += " (" + reason + ")"
-			}
-		}
-		*st = deliverystate.Wait(*st, d.Generation, fmt.Sprintf("waiting: WebhookEndpoint %s %s", ep.Name, why), now)
-		return ctrl.Result{}, nil
-	}
-
-	limits := r.limits(ep)
-	admission := r.throttle.Acquire(ep.Namespace+"/"+ep.Name, req.String(), limits, now)
-	if !admission.Admitted() {
-		logf.FromContext(ctx).V(1).Info("backpressure: endpoint limit reached", "delivery", req.NamespacedName, "endpoint", ep.Name, "retryAfter", admission.RetryAfter)
-		if admission.RetryAfter > 0 {
-			return ctrl.Result{RequeueAfter: admission.RetryAfter}, nil
+	if res.Deferred {
+		logf.FromContext(ctx).V(1).Info("backpressure: endpoint limit reached", "delivery", req.NamespacedName, "endpoint", ep.Name, "retryAfter", res.Retry)
+		if res.Retry > 0 {
+			return ctrl.Result{RequeueAfter: res.Retry}, nil
 		}
 		// Woken when a request of the endpoint finishes; the requeue is a safety net.
 		return ctrl.Result{RequeueAfter: inFlightSafetyRequeue}, nil
 	}
-	res, err := r.attempt(ctx, &d, ep, now, admission.Release)
-	admission.Release()
-	var wait *errWait
+	*st = res.Status
+	if res.Sent != nil {
+		attempted = &attemptDone{endpoint: ep, result: res}
+	}
 	switch {
-	case errors.As(err, &wait):
-		*st = deliverystate.Wait(*st, d.Generation, "waiting: "+wait.msg, now)
-		return ctrl.Result{RequeueAfter: time.Minute}, nil
-	case err != nil:
-		return ctrl.Result{}, err
-	}
-	attempted = &attemptDone{endpoint: ep, outcome: res.Outcome, at: now}
-	if res.Outcome != delivery.Invalid {
-		r.adapt(ctx, ep, res.TimedOut, limits)
-	}
-	if st.Phase.Finished() {
+	case st.Phase.Finished(), res.Gated: // the endpoint watch brings a gated delivery back
 		return ctrl.Result{}, nil
+	case res.Sent == nil:
+		return ctrl.Result{RequeueAfter: res.Retry}, nil
 	}
 	// A zero delay (retry.schedule allows 0s) must still come back: RequeueAfter 0 means never.
-	return ctrl.Result{RequeueAfter: max(st.NextAttemptTime.Sub(r.Clock.Now()), minRequeue)}, nil
+	return ctrl.Result{RequeueAfter: max(res.Retry, minRequeue)}, nil
 }
 
 // minRequeue is the shortest wait before an attempt is made again.
@@ -185,51 +155,19 @@ const minRequeue = 10 * time.Millisecond
 // attemptDone is a request that was sent, to act on once its outcome is recorded.
 type attemptDone struct {
 	endpoint *hooklinev1.WebhookEndpoint
-	outcome  delivery.Outcome
-	at       time.Time
+	result   engine.Result
 }
 
 // recorded runs after an attempt's status was written: the cache guard, and the
-// endpoint's health record (a disable is written at once, the rest in batches).
+// endpoint's health record.
 func (r *DeliveryReconciler) recorded(ctx context.Context, d *hooklinev1.WebhookDelivery, a *attemptDone) {
 	r.attempted.Store(d.UID, d.Status.Attempts)
-	if r.health.record(a.endpoint, a.outcome, a.at) {
-		if err := r.health.flush(ctx, a.endpoint); err != nil {
-			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", a.endpoint.Name)
-		}
+	if err := r.Engine.Recorded(ctx, a.endpoint, a.result); err != nil {
+		logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", a.endpoint.Name)
 	}
-}
-
-// attempt sends the message once and records the result in d's status.
-func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookDelivery, ep *hooklinev1.WebhookEndpoint, now time.Time, done func()) (delivery.Result, error) {
-	msg, err := loadMessage(ctx, r.Client, d)
-	if apierrors.IsNotFound(err) {
-		d.Status = deliverystate.Fail(d.Status, d.Generation, hooklinev1.ReasonBadPayload, fmt.Sprintf("WebhookEvent %s no longer exists", d.Spec.EventRef.Name), now)
-		return delivery.Result{Outcome: delivery.Invalid}, nil
-	}
-	if err != nil {
-		if _, isAPI := err.(apierrors.APIStatus); isAPI {
-			return delivery.Result{}, err
-		}
-		logf.FromContext(ctx).Info("refusing to deliver an invalid payload", "delivery", client.ObjectKeyFromObject(d), "problem", err.Error())
-		d.Status = deliverystate.Fail(d.Status, d.Generation, hooklinev1.ReasonBadPayload, err.Error(), now)
-		return delivery.Result{Outcome: delivery.Invalid}, nil
-	}
-	res, signature, err := signAndSend(ctx, r.Client, r.Secrets, r.Sender, ep, msg, now, done)
-	if err != nil {
-		return delivery.Result{}, err
-	}
-	r.Metrics.observeAttempt(res)
-
-	d.Status = deliverystate.Next(d.Status, d.Generation, deliverystate.Attempt{At: now, Result: res, MessageID: msg.id, Signature: signature},
-		deliverystate.Policy{Retry: backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())}, r.Clock.Now())
-	switch d.Status.Phase {
-	case hooklinev1.PhaseSucceeded:
-		r.Metrics.observeLatency(r.Clock.Since(msg.createdAt))
-	case hooklinev1.PhaseExhausted:
+	if d.Status.Phase == hooklinev1.PhaseExhausted {
 		logf.FromContext(ctx).V(1).Info("exhausted", "delivery", client.ObjectKeyFromObject(d), "attempts", d.Status.Attempts)
 	}
-	return res, nil
 }
 
 // patchStatus writes the delivery's status once per reconcile. A status in which
@@ -239,40 +177,6 @@ func (r *DeliveryReconciler) attempt(ctx context.Context, d *hooklinev1.WebhookD
 // completionTime; on a conflict nothing is written and the watch brings the newer
 // version back. A sent attempt is recorded whatever changed meanwhile: an attempt is
 // never lost.
-// signAndSend signs the message with the endpoint's current keys and headers and sends
-// it once; done is called as soon as the receiver has answered. Both stores' senders
-// use it. An errWait says the attempt cannot be made yet.
-func signAndSend(ctx context.Context, c client.Reader, secrets SecretReader, sender delivery.Sender, ep *hooklinev1.WebhookEndpoint,
-	msg message, now time.Time, done func()) (delivery.Result, string, error) {
-	keys, err := signingKeys(ctx, c, ep, now)
-	if err != nil {
-		return delivery.Result{}, "", err
-	}
-	return sendSigned(ctx, secrets, sender, ep, msg, keys, now, done)
-}
-
-// signingKeys loads the endpoint's keys; keys that are not ready are an errWait.
-func signingKeys(ctx context.Context, c client.Reader, ep *hooklinev1.WebhookEndpoint, now time.Time) ([]signing.Key, error) {
-	keys, err := loadSigningKeys(ctx, c, ep, now)
-	var problem *secretProblem
-	if apierrors.IsNotFound(err) || errors.As(err, &problem) {
-		return nil, &errWait{fmt.Sprintf("the signing keys of WebhookEndpoint %s are not ready", ep.Name)}
-	}
-	return keys, err
-}
-
-// sendSigned signs with keys and sends once.
-func sendSigned(ctx context.Context, secrets SecretReader, sender delivery.Sender, ep *hooklinev1.WebhookEndpoint,
-	msg message, keys []signing.Key, now time.Time, done func()) (delivery.Result, string, error) {
-	req, signature, err := buildRequest(ctx, secrets, ep, msg, keys, now)
-	if err != nil {
-		return delivery.Result{}, "", err
-	}
-	res := sender.Send(ctx, req)
-	done() // the endpoint's in-flight slot is free once the receiver has answered
-	return res, signature, nil
-}
-
 func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklinev1.WebhookDelivery, sent bool) error {
 	if equality.Semantic.DeepEqual(before.Status, d.Status) {
 		return nil
@@ -288,7 +192,7 @@ func (r *DeliveryReconciler) patchStatus(ctx context.Context, before, d *hooklin
 		return client.IgnoreNotFound(err)
 	}
 	if !before.Status.Phase.Finished() && d.Status.Phase.Finished() {
-		r.Metrics.observeCompleted(d.Status.Phase)
+		r.Metrics.ObserveCompleted(d.Status.Phase)
 		if d.Status.Phase != hooklinev1.PhaseSucceeded && r.Recorder != nil {
 			msg := ""
 			if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c != nil {
@@ -343,50 +247,6 @@ func (r *DeliveryReconciler) wake(caller string) {
 // inFlightSafetyRequeue brings back a delivery waiting for an in-flight slot in case
 // its wakeup was lost.
 const inFlightSafetyRequeue = 30 * time.Second
-
-// limits are the endpoint's rateLimit, with the default share of the global cap when
-// it sets no maxInFlight: N deliveries to one endpoint never occupy every worker.
-func (r *DeliveryReconciler) limits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
-	lim := rateLimits(ep)
-	if lim.MaxInFlight <= 0 {
-		lim.MaxInFlight = r.EndpointMaxInFlight
-	}
-	return lim
-}
-
-// adapt feeds an attempt's outcome to the throttle: an endpoint whose attempts time
-// out gets fewer at once, and more again as it answers. Each step down and the end of
-// a reduction are told on the endpoint, once each.
-func (r *DeliveryReconciler) adapt(ctx context.Context, ep *hooklinev1.WebhookEndpoint, timedOut bool, lim throttle.Limits) {
-	reduced, change := r.throttle.Outcome(ep.Namespace+"/"+ep.Name, timedOut, lim)
-	switch change {
-	case throttle.Reduced:
-		logf.FromContext(ctx).V(1).Info("concurrency reduced: attempts time out", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", reduced)
-		if r.Recorder != nil {
-			r.Recorder.Eventf(ep, nil, corev1.EventTypeWarning, hooklinev1.EventConcurrencyReduced, "Deliver",
-				"attempts time out: at most %d in flight until the endpoint answers again", reduced)
-		}
-	case throttle.Restored:
-		logf.FromContext(ctx).V(1).Info("concurrency restored: the endpoint answers again", "endpoint", client.ObjectKeyFromObject(ep), "maxInFlight", lim.MaxInFlight)
-		if r.Recorder != nil {
-			r.Recorder.Eventf(ep, nil, corev1.EventTypeNormal, hooklinev1.EventConcurrencyRestored, "Deliver",
-				"the endpoint answers again: its in-flight limit is restored")
-		}
-	}
-}
-
-func rateLimits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
-	var lim throttle.Limits
-	if rl := ep.Spec.RateLimit; rl != nil {
-		if rl.PerSecond != nil {
-			lim.PerSecond = int(*rl.PerSecond)
-		}
-		if rl.MaxInFlight != nil {
-			lim.MaxInFlight = int(*rl.MaxInFlight)
-		}
-	}
-	return lim
-}
 
 // endpointOf is the endpoint key of a delivery known by name only, from the cache.
 func (r *DeliveryReconciler) endpointOf(ctx context.Context, req types.NamespacedName) string {

@@ -25,6 +25,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conditions"
+	"github.com/hookline/hookline/internal/engine"
 	"github.com/hookline/hookline/internal/urlkey"
 )
 
@@ -32,7 +33,7 @@ import (
 // ownership within the namespace, the secret, and whether it accepts deliveries.
 type EndpointReconciler struct {
 	client.Client
-	Secrets           SecretReader
+	Secrets           engine.SecretReader
 	Recorder          eventRecorder
 	Clock             clock.PassiveClock
 	AllowInsecureHTTP bool

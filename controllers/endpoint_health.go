@@ -58,9 +58,9 @@ func newEndpointHealth(c client.Client, live client.Reader, metrics *Metrics) *e
 		healthySince: map[types.NamespacedName]time.Time{}}
 }
 
-// record notes an attempt's outcome. It reports whether the record should be written at
+// Record notes an attempt's outcome. It reports whether the record should be written at
 // once (the endpoint must be disabled).
-func (h *endpointHealth) record(ep *hooklinev1.WebhookEndpoint, outcome delivery.Outcome, at time.Time) bool {
+func (h *endpointHealth) Record(ep *hooklinev1.WebhookEndpoint, outcome delivery.Outcome, at time.Time) bool {
 	if outcome == delivery.Invalid {
 		return false // nothing the receiver did
 	}
@@ -149,8 +149,8 @@ func (h *endpointHealth) flushAll(ctx context.Context) {
 	}
 }
 
-// flush writes one endpoint's pending record now.
-func (h *endpointHealth) flush(ctx context.Context, ep *hooklinev1.WebhookEndpoint) error {
+// Flush writes one endpoint's pending record now.
+func (h *endpointHealth) Flush(ctx context.Context, ep *hooklinev1.WebhookEndpoint) error {
 	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
 	h.mu.Lock()
 	d := h.pending[key]

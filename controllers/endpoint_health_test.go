@@ -2,9 +2,10 @@ package controllers
 
 import (
 	"context"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,13 +30,13 @@ func healthEndpoint(autoDisableAfter time.Duration) *hooklinev1.WebhookEndpoint 
 func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 	t.Run("410 Gone is written at once", func(t *testing.T) {
 		h := newEndpointHealth(nil, nil, NewMetrics())
-		if !h.record(healthEndpoint(0), delivery.Gone, healthT0) {
+		if !h.Record(healthEndpoint(0), delivery.Gone, healthT0) {
 			t.Fatal("a 410 must be written at once: the endpoint is disabled")
 		}
 	})
 	t.Run("a plain failure waits for the batch", func(t *testing.T) {
 		h := newEndpointHealth(nil, nil, NewMetrics())
-		if h.record(healthEndpoint(0), delivery.Retry, healthT0) {
+		if h.Record(healthEndpoint(0), delivery.Retry, healthT0) {
 			t.Fatal("a failure without autoDisableAfter is batched")
 		}
 		if !h.hasPending(healthEndpoint(0)) {
@@ -47,16 +48,16 @@ func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 		ep := healthEndpoint(time.Hour)
 		since := metav1.NewTime(healthT0.Add(-59 * time.Minute))
 		ep.Status.FailingSince, ep.Status.ConsecutiveFailures = &since, 40
-		if h.record(ep, delivery.Retry, healthT0) {
+		if h.Record(ep, delivery.Retry, healthT0) {
 			t.Fatal("failing for 59 minutes of 60 is not yet too long")
 		}
-		if !h.record(ep, delivery.Retry, healthT0.Add(time.Minute)) {
+		if !h.Record(ep, delivery.Retry, healthT0.Add(time.Minute)) {
 			t.Fatal("failing for 60 minutes must disable at once")
 		}
 	})
 	t.Run("an invalid payload is nothing the receiver did", func(t *testing.T) {
 		h := newEndpointHealth(nil, nil, NewMetrics())
-		if h.record(healthEndpoint(0), delivery.Invalid, healthT0) || h.hasPending(healthEndpoint(0)) {
+		if h.Record(healthEndpoint(0), delivery.Invalid, healthT0) || h.hasPending(healthEndpoint(0)) {
 			t.Fatal("an invalid payload must not count against the endpoint")
 		}
 	})
@@ -65,10 +66,10 @@ func TestHealthRecordDecidesWhatIsWrittenAtOnce(t *testing.T) {
 		ep := healthEndpoint(0)
 		recent := metav1.NewTime(healthT0.Add(-10 * time.Second))
 		ep.Status.LastSuccessTime = &recent
-		if h.record(ep, delivery.Succeeded, healthT0) || h.hasPending(ep) {
+		if h.Record(ep, delivery.Succeeded, healthT0) || h.hasPending(ep) {
 			t.Fatal("a success within successRefresh of the last one is not written")
 		}
-		if h.record(ep, delivery.Succeeded, healthT0.Add(successRefresh)); !h.hasPending(ep) {
+		if h.Record(ep, delivery.Succeeded, healthT0.Add(successRefresh)); !h.hasPending(ep) {
 			t.Fatal("a success after successRefresh is written with the next batch")
 		}
 	})
@@ -93,9 +94,9 @@ func TestHealthRecordIsWrittenAndEnabled(t *testing.T) {
 	live := func() *hooklinev1.WebhookEndpoint { return getEndpoint(ctx, t, ns, "ep") }
 
 	for i := range 2 {
-		h.record(live(), delivery.Retry, healthT0.Add(time.Duration(i)*time.Second))
-		h.record(live(), delivery.Retry, healthT0.Add(time.Duration(i)*time.Second+time.Millisecond))
-		if err := h.flush(ctx, live()); err != nil {
+		h.Record(live(), delivery.Retry, healthT0.Add(time.Duration(i)*time.Second))
+		h.Record(live(), delivery.Retry, healthT0.Add(time.Duration(i)*time.Second+time.Millisecond))
+		if err := h.Flush(ctx, live()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -104,24 +105,24 @@ func TestHealthRecordIsWrittenAndEnabled(t *testing.T) {
 		t.Fatalf("after two flushes of two failures: %d failures since %v, want 4 since %s", st.ConsecutiveFailures, st.FailingSince, healthT0)
 	}
 	rv := live().ResourceVersion
-	if err := h.flush(ctx, live()); err != nil {
+	if err := h.Flush(ctx, live()); err != nil {
 		t.Fatal(err)
 	}
 	if live().ResourceVersion != rv {
 		t.Fatal("a flush with nothing pending wrote the endpoint")
 	}
 
-	if !h.record(live(), delivery.Gone, healthT0.Add(time.Minute)) {
+	if !h.Record(live(), delivery.Gone, healthT0.Add(time.Minute)) {
 		t.Fatal("a 410 is written at once")
 	}
-	if err := h.flush(ctx, live()); err != nil {
+	if err := h.Flush(ctx, live()); err != nil {
 		t.Fatal(err)
 	}
 	if got := live().Status.DisabledReason; got != hooklinev1.DisabledEndpointGone {
 		t.Fatalf("disabledReason %q, want %s", got, hooklinev1.DisabledEndpointGone)
 	}
-	h.record(live(), delivery.Gone, healthT0.Add(2*time.Minute))
-	if err := h.flush(ctx, live()); err != nil {
+	h.Record(live(), delivery.Gone, healthT0.Add(2*time.Minute))
+	if err := h.Flush(ctx, live()); err != nil {
 		t.Fatal(err)
 	}
 	if got := live().Status.DisabledGeneration; got != live().Generation {
@@ -155,20 +156,20 @@ func TestHealthRecordDoesNotRepeatASuccessFromAStaleCopy(t *testing.T) {
 	h := newEndpointHealth(nil, nil, NewMetrics())
 	ep := healthEndpoint(0) // never a success in its status: a stale copy
 	key := types.NamespacedName{Namespace: "ns", Name: "ep"}
-	h.record(ep, delivery.Succeeded, healthT0)
+	h.Record(ep, delivery.Succeeded, healthT0)
 	// As write() does after a success it applied:
 	h.mu.Lock()
 	delete(h.pending, key)
 	h.healthySince[key] = healthT0
 	h.mu.Unlock()
-	if h.record(ep, delivery.Succeeded, healthT0.Add(time.Second)); h.hasPending(ep) {
+	if h.Record(ep, delivery.Succeeded, healthT0.Add(time.Second)); h.hasPending(ep) {
 		t.Fatal("the same success, read from a stale copy, is pending again")
 	}
-	h.record(ep, delivery.Retry, healthT0.Add(2*time.Second))
+	h.Record(ep, delivery.Retry, healthT0.Add(2*time.Second))
 	h.mu.Lock()
 	delete(h.pending, key)
 	h.mu.Unlock()
-	if h.record(ep, delivery.Succeeded, healthT0.Add(3*time.Second)); !h.hasPending(ep) {
+	if h.Record(ep, delivery.Succeeded, healthT0.Add(3*time.Second)); !h.hasPending(ep) {
 		t.Fatal("a success after a failure must be written")
 	}
 }

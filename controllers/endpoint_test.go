@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/engine"
 	"github.com/hookline/hookline/internal/signing"
 	"github.com/hookline/hookline/internal/testenv"
 )
@@ -73,7 +74,7 @@ func TestInsecureHTTPIsRefusedUnlessAllowed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
-	r := &EndpointReconciler{Client: k8s, Secrets: SecretReader{Cached: k8s}, AllowInsecureHTTP: false}
+	r := &EndpointReconciler{Client: k8s, Secrets: engine.SecretReader{Cached: k8s}, AllowInsecureHTTP: false}
 	ep := newEndpoint(ns, "plain", "http://example.com/hooks", "*")
 	if err := k8s.Create(ctx, ep); err != nil {
 		t.Fatal(err)

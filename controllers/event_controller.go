@@ -4,10 +4,11 @@ import (
 	"context"
 
 	"fmt"
-	corev1 "k8s.io/api/core/v1"
 	"strings"
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"

@@ -19,6 +19,7 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/engine"
 	"github.com/hookline/hookline/internal/retention"
 	"github.com/hookline/hookline/internal/secrets"
 	"github.com/hookline/hookline/internal/testenv"
@@ -112,15 +113,17 @@ func newHandRig(t *testing.T, ns string) *handRig {
 	})
 	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC))
 	rec := &countingRecorder{}
-	secretReader := SecretReader{Cached: cached, User: secrets.NewUserSecretCache(k8s)}
-	health := newEndpointHealth(cached, k8s, NewMetrics())
+	secretReader := engine.SecretReader{Cached: cached, User: secrets.NewUserSecretCache(k8s)}
+	metrics := NewMetrics()
+	health := newEndpointHealth(cached, k8s, metrics)
 	sender := delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: true, UserAgent: "hookline/test"})
 	return &handRig{
 		t: t, ns: ns, clock: clk, cached: cached, recorder: rec,
 		events: &EventReconciler{Client: cached, APIReader: k8s, Recorder: rec, Clock: clk, Gate: retention.NewGate(0),
 			wakeups: make(chan event.GenericEvent, 8)},
-		deliveries: newDeliveryReconciler(cached, secretReader, health, rec, clk, Config{Sender: sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()}),
-		endpoints:  &EndpointReconciler{Client: cached, Secrets: secretReader, Recorder: rec, Clock: clk, AllowInsecureHTTP: true},
+		deliveries: newDeliveryReconciler(cached, engine.Engine{Secrets: secretReader, Sender: sender, Health: health, Metrics: metrics,
+			Events: rec, Clock: clk, EndpointShare: 1}, rec, clk, Config{MaxConcurrentDeliveries: 4, Metrics: metrics}),
+		endpoints: &EndpointReconciler{Client: cached, Secrets: secretReader, Recorder: rec, Clock: clk, AllowInsecureHTTP: true},
 	}
 }
 
@@ -221,8 +224,8 @@ func (h *handRig) staleEvents(c client.Client) reconciler {
 }
 
 func (h *handRig) staleDeliveries(c client.Client) reconciler {
-	r := newDeliveryReconciler(c, h.deliveries.Secrets, h.deliveries.health, h.recorder, h.clock, Config{Sender: h.deliveries.Sender, MaxConcurrentDeliveries: 4, Metrics: NewMetrics()})
-	return r
+	eng := *h.deliveries.Engine
+	return newDeliveryReconciler(c, eng, h.recorder, h.clock, Config{MaxConcurrentDeliveries: 4, Metrics: h.deliveries.Metrics})
 }
 
 func (h *handRig) staleEndpoints(c client.Client) reconciler {

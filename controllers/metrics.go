@@ -96,16 +96,21 @@ var outcomeLabels = map[delivery.Outcome]string{
 	delivery.Blocked: "blocked", delivery.Invalid: "invalid",
 }
 
-func (m *Metrics) observeAttempt(res delivery.Result) {
+// ObserveAttempt counts an attempt by outcome, with its duration.
+func (m *Metrics) ObserveAttempt(res delivery.Result) {
 	m.attempts.WithLabelValues(outcomeLabels[res.Outcome]).Inc()
 	m.attemptDuration.Observe(res.Duration.Seconds())
 }
 
-func (m *Metrics) observeCompleted(phase hooklinev1.DeliveryPhase) {
+// ObserveCompleted counts a delivery that finished, by phase.
+func (m *Metrics) ObserveCompleted(phase hooklinev1.DeliveryPhase) {
 	m.completed.WithLabelValues(string(phase)).Inc()
 }
 
-// observeLatency records the time from an event's creation to its delivery.
-func (m *Metrics) observeLatency(latency time.Duration) {
+// ObserveLatency records the time from an event's creation to its delivery.
+func (m *Metrics) ObserveLatency(latency time.Duration) {
 	m.latency.Observe(latency.Seconds())
 }
+
+// SetReplicas is how many replicas deliver from the PostgreSQL queue.
+func (m *Metrics) SetReplicas(n int) { m.replicas.Set(float64(n)) }

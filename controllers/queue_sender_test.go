@@ -299,7 +299,7 @@ func TestEndpointLimitsHoldAcrossReplicas(t *testing.T) {
 		t.Cleanup(stop)
 		replicas = append(replicas, conf.Metrics)
 	}
-	eventually(t, 3*heartbeatEvery, "each replica counts two", func(context.Context) (bool, string, error) {
+	eventually(t, 15*time.Second, "each replica counts two", func(context.Context) (bool, string, error) {
 		a, b := testutil.ToFloat64(replicas[0].replicas), testutil.ToFloat64(replicas[1].replicas)
 		return a == 2 && b == 2, fmt.Sprintf("hookline_delivery_replicas %v and %v", a, b), nil
 	})

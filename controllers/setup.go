@@ -16,7 +16,9 @@ import (
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/delivery"
+	"github.com/hookline/hookline/internal/engine"
 	"github.com/hookline/hookline/internal/fairqueue"
+	"github.com/hookline/hookline/internal/queuesender"
 	"github.com/hookline/hookline/internal/retention"
 	"github.com/hookline/hookline/internal/secrets"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
@@ -79,7 +81,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		clk = cfg.Clock
 	}
 	recorder := mgr.GetEventRecorder("hookline")
-	secretReader := SecretReader{Cached: mgr.GetClient(), User: secrets.NewUserSecretCache(mgr.GetAPIReader())}
+	secretReader := engine.SecretReader{Cached: mgr.GetClient(), User: secrets.NewUserSecretCache(mgr.GetAPIReader())}
 	health := newEndpointHealth(mgr.GetClient(), mgr.GetAPIReader(), cfg.Metrics)
 	if err := mgr.Add(health); err != nil {
 		return err
@@ -114,19 +116,22 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 	if err := mgr.Add(pruner); err != nil {
 		return err
 	}
+	// The engine's shared parts; each store's driver adds its throttle.
+	eng := engine.Engine{Secrets: secretReader, Sender: cfg.Sender, Health: health, Metrics: cfg.Metrics, Events: recorder,
+		Clock: clk, EndpointShare: endpointShare(cfg)}
 	if cfg.Queue != nil {
 		owner := cfg.QueueOwner
 		if owner == "" {
 			host, _ := os.Hostname()
-			owner = queueOwner(host)
+			owner = queuesender.Owner(host)
 		}
-		if err := mgr.Add(newQueueSender(mgr.GetClient(), secretReader, health, clk, cfg, owner)); err != nil {
+		if err := mgr.Add(queuesender.New(eng, mgr.GetClient(), cfg.Queue, cfg.Metrics, owner, cfg.MaxConcurrentDeliveries, cfg.DeliveryLease)); err != nil {
 			return err
 		}
 	}
 	// WebhookDeliveries created directly (and send-test's) go through the API server in
 	// both modes.
-	deliveries := newDeliveryReconciler(mgr.GetClient(), secretReader, health, recorder, clk, cfg)
+	deliveries := newDeliveryReconciler(mgr.GetClient(), eng, recorder, clk, cfg)
 	if err := deliveries.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("delivery controller: %w", err)
 	}
@@ -155,22 +160,19 @@ func endpointShare(cfg Config) int {
 	return max(cfg.MaxConcurrentDeliveries/4, 1)
 }
 
-// newDeliveryReconciler builds the delivery reconciler with its throttle, turns and
-// wakeups.
-func newDeliveryReconciler(c client.Client, secrets SecretReader, health *endpointHealth, recorder eventRecorder, clk clock.Clock, cfg Config) *DeliveryReconciler {
+// newDeliveryReconciler builds the delivery reconciler with its engine's throttle,
+// turns and wakeups.
+func newDeliveryReconciler(c client.Client, eng engine.Engine, recorder eventRecorder, clk clock.Clock, cfg Config) *DeliveryReconciler {
 	r := &DeliveryReconciler{
-		Client:              c,
-		Secrets:             secrets,
-		Sender:              cfg.Sender,
-		MaxConcurrent:       cfg.MaxConcurrentDeliveries,
-		EndpointMaxInFlight: endpointShare(cfg),
-		Recorder:            recorder,
-		Clock:               clk,
-		Metrics:             cfg.Metrics,
-		health:              health,
-		turns:               fairqueue.NewTurns(),
-		wakeups:             make(chan event.GenericEvent, 1024),
+		Client:        c,
+		MaxConcurrent: cfg.MaxConcurrentDeliveries,
+		Recorder:      recorder,
+		Clock:         clk,
+		Metrics:       cfg.Metrics,
+		turns:         fairqueue.NewTurns(),
+		wakeups:       make(chan event.GenericEvent, 1024),
 	}
-	r.throttle = throttle.New(r.wake)
+	eng.Throttle = throttle.New(r.wake)
+	r.Engine = &eng
 	return r
 }

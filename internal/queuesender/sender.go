@@ -1,4 +1,8 @@
-package controllers
+// Package queuesender delivers from the PostgreSQL queue (--delivery-store=postgres):
+// every replica runs one and claims due deliveries as leased rows, so replicas share
+// the work without a leader. Each claim is one engine.Job; its Result becomes the
+// claim's outcome, written in the queue's group commits.
+package queuesender
 
 import (
 	"context"
@@ -17,35 +21,32 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
-	"github.com/hookline/hookline/internal/backoff"
-	"github.com/hookline/hookline/internal/delivery"
-	"github.com/hookline/hookline/internal/deliverystate"
+	"github.com/hookline/hookline/internal/engine"
 	wire "github.com/hookline/hookline/internal/message"
 	"github.com/hookline/hookline/internal/signing"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/throttle"
 )
 
-// QueueSender delivers from the PostgreSQL queue (--delivery-store=postgres). Every
-// replica runs one: claims are leased rows, so replicas share the work without a
-// leader. Signing, the address guard, the outcome state machine, the retry schedule,
-// the per-endpoint limits and the health record are the etcd store's own code.
-type QueueSender struct {
-	Client  client.Client // the manager's cache: endpoints and keyrings
-	Secrets SecretReader
-	Sender  delivery.Sender
+// Metrics are what the sender reports beyond the engine's.
+type Metrics interface {
+	ObserveCompleted(hooklinev1.DeliveryPhase)
+	SetReplicas(int)
+}
+
+// Sender delivers from the queue until its context ends.
+type Sender struct {
+	Engine  *engine.Engine
+	Client  client.Reader // the manager's cache: endpoints and keyrings
 	Queue   *pgstore.Queue
+	Metrics Metrics
 	// Owner names this replica's claims (unique per process).
-	Owner               string
-	MaxConcurrent       int
-	EndpointMaxInFlight int
-	Clock               clock.Clock
-	Metrics             *Metrics
+	Owner         string
+	MaxConcurrent int
+	Clock         clock.Clock
 	// Lease is how long a claim is held before another replica may take it.
 	Lease time.Duration
 
-	health   *endpointHealth
-	throttle *throttle.Throttle
 	recorder *pgstore.Recorder
 	// waiters are the claims waiting in this process for their endpoint's limits,
 	// by throttle caller: the throttle wakes one when a slot frees.
@@ -73,41 +74,43 @@ type recentEndpoint struct {
 // heartbeatEvery is how often a replica says it delivers.
 const heartbeatEvery = 5 * time.Second
 
-// DefaultDeliveryLease is how long a claim is held before another replica may take it:
-// longer than any attempt (timeoutSeconds is at most 60).
-const DefaultDeliveryLease = 2 * time.Minute
+// DefaultLease is how long a claim is held before another replica may take it: longer
+// than any attempt (timeoutSeconds is at most 60).
+const DefaultLease = 2 * time.Minute
 
 // Queue timings: how often due retries are looked for when no wakeup comes, and how
 // soon a delivery refused by its endpoint's limits is tried again.
 const (
-	queuePoll       = 250 * time.Millisecond
-	queueDeferral   = 200 * time.Millisecond
-	queueWaitSecret = time.Minute
-	queueWaitReady  = 5 * time.Second
+	queuePoll     = 250 * time.Millisecond
+	queueDeferral = 200 * time.Millisecond
 	// queueAdmitWait is how long a claim waits in process for its endpoint's limits
 	// (an in-flight slot frees in milliseconds) before it is put back with a due time.
 	queueAdmitWait = time.Second
 )
 
-func newQueueSender(c client.Client, secrets SecretReader, health *endpointHealth, clk clock.Clock, cfg Config, owner string) *QueueSender {
-	s := &QueueSender{Client: c, Secrets: secrets, Sender: cfg.Sender, Queue: cfg.Queue, Owner: owner,
-		MaxConcurrent: max(cfg.MaxConcurrentDeliveries, 1), EndpointMaxInFlight: endpointShare(cfg), Clock: clk, Metrics: cfg.Metrics,
-		Lease: cfg.DeliveryLease, health: health}
-	s.throttle = throttle.New(s.wakeWaiter)
+// New returns a sender of owner's claims. eng is the engine's shared parts (secrets,
+// sender, health, metrics, clock, share); the sender gives it a throttle of its own,
+// its admission that waits in process, and the division by live replicas.
+func New(eng engine.Engine, c client.Reader, queue *pgstore.Queue, metrics Metrics, owner string, maxConcurrent int, lease time.Duration) *Sender {
+	s := &Sender{Client: c, Queue: queue, Metrics: metrics, Owner: owner, MaxConcurrent: max(maxConcurrent, 1), Clock: eng.Clock, Lease: lease}
 	if s.Lease <= 0 {
-		s.Lease = DefaultDeliveryLease
+		s.Lease = DefaultLease
 	}
+	eng.Throttle = throttle.New(s.wakeWaiter)
+	eng.Admit = s.admit
+	eng.Replicas = func() int { return int(s.replicas.Load()) }
+	s.Engine = &eng
 	// Group commit: up to 64 outcomes, or what 2 ms gathers, per transaction.
-	s.recorder = pgstore.NewRecorder(cfg.Queue, owner, 64, 2*time.Millisecond)
+	s.recorder = pgstore.NewRecorder(queue, owner, 64, 2*time.Millisecond)
 	return s
 }
 
 // NeedLeaderElection: every replica delivers.
-func (s *QueueSender) NeedLeaderElection() bool { return false }
+func (s *Sender) NeedLeaderElection() bool { return false }
 
 // Start claims due deliveries while there are free workers, until ctx ends; it waits
 // for the attempts in flight to be recorded before it returns.
-func (s *QueueSender) Start(ctx context.Context) error {
+func (s *Sender) Start(ctx context.Context) error {
 	log := logf.FromContext(ctx).WithName("queue")
 	go s.recorder.Run(ctx)
 	defer s.recorder.Close() // after the workers: what they submitted is committed
@@ -182,7 +185,7 @@ func (s *QueueSender) Start(ctx context.Context) error {
 
 // deliver makes at most one attempt of a claimed delivery and submits what became of
 // it to the next group commit; the worker is free at once.
-func (s *QueueSender) deliver(ctx context.Context, c pgstore.Claim) {
+func (s *Sender) deliver(ctx context.Context, c pgstore.Claim) {
 	out := s.attempt(ctx, c)
 	log := logf.FromContext(ctx)
 	s.recorder.Submit(out, func(err error) {
@@ -198,76 +201,49 @@ func (s *QueueSender) deliver(ctx context.Context, c pgstore.Claim) {
 	})
 }
 
-// attempt decides and, when it may, sends; it returns the outcome to record.
-func (s *QueueSender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outcome {
+// attempt makes at most one attempt of a claim and returns the outcome to record.
+func (s *Sender) attempt(ctx context.Context, c pgstore.Claim) pgstore.Outcome {
 	now := s.Clock.Now()
 	st := hooklinev1.WebhookDeliveryStatus{Attempts: c.Attempts, Phase: hooklinev1.PhasePending}
 	if c.Attempts > 0 {
 		st.Phase = hooklinev1.PhaseRetrying
 	}
-	later := func(after time.Duration, reason string) pgstore.Outcome {
-		return pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: c.Attempts, DueAt: now.Add(after), Reason: reason}
+	later := func(after time.Duration) pgstore.Outcome {
+		return pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: c.Attempts, DueAt: s.Clock.Now().Add(after), Reason: hooklinev1.ReasonWaiting}
 	}
 	recent, err := s.endpoint(ctx, c.Namespace, c.Endpoint, now)
-	var ep hooklinev1.WebhookEndpoint
-	if recent.ep != nil {
-		ep = *recent.ep
-	}
-	switch {
-	case err == nil && (recent.ep == nil || ep.DeletionTimestamp != nil):
-		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonEndpointDeleted, fmt.Sprintf("WebhookEndpoint %s does not exist", c.Endpoint), now), nil)
-	case err != nil:
-		return later(queueWaitReady, hooklinev1.ReasonWaiting)
-	case ep.Disabled():
-		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonEndpointDisabled, fmt.Sprintf("WebhookEndpoint %s is disabled (%s)", ep.Name, ep.Status.DisabledReason), now), nil)
-	case !ep.AcceptsDeliveries():
-		return later(queueWaitReady, hooklinev1.ReasonWaiting)
-	}
-	key := ep.Namespace + "/" + ep.Name
-	caller := strconv.FormatInt(c.ID, 10)
-	admission := s.admit(ctx, key, caller, s.limits(&ep))
-	if !admission.Admitted() {
-		return later(max(admission.RetryAfter, queueDeferral), hooklinev1.ReasonWaiting)
-	}
-	now = s.Clock.Now() // the attempt's time, after any wait
-	body, err := wire.Body(c.EventType, c.CreatedAt, c.Payload)
 	if err != nil {
-		admission.Release()
-		return s.finished(c, deliverystate.Fail(st, 0, hooklinev1.ReasonBadPayload, err.Error(), now), nil)
+		return later(engine.WaitReady)
 	}
-	msg := message{id: c.MessageID, body: body, createdAt: c.CreatedAt}
-	var res delivery.Result
-	var signature string
-	err = recent.err
-	if err == nil {
-		res, signature, err = sendSigned(ctx, s.Secrets, s.Sender, &ep, msg, recent.keys, now, admission.Release)
-	}
-	admission.Release()
-	var wait *errWait
+	res, err := s.Engine.Attempt(ctx, engine.Job{Status: st, Endpoint: recent.ep, EndpointName: c.Endpoint,
+		Caller: strconv.FormatInt(c.ID, 10),
+		Message: func(context.Context) (engine.Message, error) {
+			body, err := wire.Body(c.EventType, c.CreatedAt, c.Payload)
+			if err != nil {
+				return engine.Message{}, &engine.BadPayload{Msg: err.Error()}
+			}
+			return engine.Message{ID: c.MessageID, Body: body, CreatedAt: c.CreatedAt}, nil
+		},
+		Keys: func(context.Context) ([]signing.Key, error) { return recent.keys, recent.err },
+	})
 	switch {
-	case errors.As(err, &wait):
-		return later(queueWaitSecret, hooklinev1.ReasonWaiting)
 	case err != nil:
-		return later(queueWaitReady, hooklinev1.ReasonWaiting)
+		return later(engine.WaitReady)
+	case res.Deferred:
+		return later(max(res.Retry, queueDeferral))
+	case res.Sent == nil && !res.Status.Phase.Finished():
+		return later(res.Retry)
 	}
-	s.Metrics.observeAttempt(res)
-	next := deliverystate.Next(st, 0, deliverystate.Attempt{At: now, Result: res, MessageID: c.MessageID, Signature: signature},
-		deliverystate.Policy{Retry: backoff.NewPolicy(ep.RetrySchedule(), ep.MaxAttempts())}, s.Clock.Now())
-	if next.Phase == hooklinev1.PhaseSucceeded {
-		s.Metrics.observeLatency(s.Clock.Since(c.CreatedAt))
-	}
-	if s.health.record(&ep, res.Outcome, now) {
-		if err := s.health.flush(ctx, &ep); err != nil {
-			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", key)
+	if res.Sent != nil {
+		if err := s.Engine.Recorded(ctx, recent.ep, res); err != nil {
+			logf.FromContext(ctx).Error(err, "update endpoint health", "endpoint", c.Namespace+"/"+c.Endpoint)
 		}
 	}
-	last := next.History[len(next.History)-1]
-	return s.finished(c, next, &pgstore.Attempt{Time: now, DurationMs: last.DurationMs, StatusCode: last.StatusCode,
-		Error: last.Error, Response: last.Response})
+	return s.finished(c, res)
 }
 
 // endpoint is the endpoint and its signing keys, read at most recentFor ago.
-func (s *QueueSender) endpoint(ctx context.Context, namespace, name string, now time.Time) (recentEndpoint, error) {
+func (s *Sender) endpoint(ctx context.Context, namespace, name string, now time.Time) (recentEndpoint, error) {
 	key := namespace + "/" + name
 	if r, ok := s.recent.Load(key); ok && now.Sub(r.(recentEndpoint).at) < recentFor {
 		return r.(recentEndpoint), nil
@@ -282,7 +258,7 @@ func (s *QueueSender) endpoint(ctx context.Context, namespace, name string, now 
 	default:
 		r.ep = &ep
 		if ep.AcceptsDeliveries() {
-			r.keys, r.err = signingKeys(ctx, s.Client, &ep, now)
+			r.keys, r.err = engine.SigningKeys(ctx, s.Client, &ep, now)
 		}
 	}
 	s.recent.Store(key, r)
@@ -293,20 +269,20 @@ func (s *QueueSender) endpoint(ctx context.Context, namespace, name string, now 
 // queueAdmitWait: woken when an in-flight slot frees, or when its rate slot comes.
 // Not admitted by then, the claim goes back to the queue with a due time (a rate slot
 // stays reserved for its return).
-func (s *QueueSender) admit(ctx context.Context, key, caller string, lim throttle.Limits) throttle.Decision {
+func (s *Sender) admit(ctx context.Context, key, caller string, lim throttle.Limits) throttle.Decision {
 	woken := make(chan struct{}, 1)
 	s.waiters.Store(caller, woken)
 	defer s.waiters.Delete(caller)
 	deadline := time.Now().Add(queueAdmitWait)
 	for {
-		d := s.throttle.Acquire(key, caller, lim, s.Clock.Now())
+		d := s.Engine.Throttle.Acquire(key, caller, lim, s.Clock.Now())
 		if d.Admitted() {
 			return d
 		}
 		left := time.Until(deadline)
 		if left <= 0 || d.RetryAfter > left {
 			if d.RetryAfter == 0 {
-				s.throttle.Forget(key, caller)
+				s.Engine.Throttle.Forget(key, caller)
 			}
 			return d
 		}
@@ -316,7 +292,7 @@ func (s *QueueSender) admit(ctx context.Context, key, caller string, lim throttl
 		}
 		select {
 		case <-ctx.Done():
-			s.throttle.Forget(key, caller)
+			s.Engine.Throttle.Forget(key, caller)
 			return throttle.Decision{}
 		case <-woken:
 		case <-time.After(wait):
@@ -324,7 +300,7 @@ func (s *QueueSender) admit(ctx context.Context, key, caller string, lim throttl
 	}
 }
 
-func (s *QueueSender) wakeWaiter(caller string) {
+func (s *Sender) wakeWaiter(caller string) {
 	if ch, ok := s.waiters.Load(caller); ok {
 		select {
 		case ch.(chan struct{}) <- struct{}{}:
@@ -333,50 +309,37 @@ func (s *QueueSender) wakeWaiter(caller string) {
 	}
 }
 
-// finished turns the state machine's status into the outcome to record.
-func (s *QueueSender) finished(c pgstore.Claim, st hooklinev1.WebhookDeliveryStatus, a *pgstore.Attempt) pgstore.Outcome {
-	out := pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: st.Attempts, Attempt: a, DueAt: s.Clock.Now()}
+// finished turns the engine's result into the outcome to record.
+func (s *Sender) finished(c pgstore.Claim, res engine.Result) pgstore.Outcome {
+	st := res.Status
+	out := pgstore.Outcome{Ref: c.Ref, State: string(st.Phase), Attempts: st.Attempts, DueAt: s.Clock.Now()}
 	if st.NextAttemptTime != nil {
 		out.DueAt = st.NextAttemptTime.Time
 	}
 	if cond := meta.FindStatusCondition(st.Conditions, hooklinev1.ConditionSucceeded); cond != nil {
 		out.Reason = cond.Reason
 	}
+	if res.Sent != nil {
+		last := st.History[len(st.History)-1]
+		out.Attempt = &pgstore.Attempt{Time: res.At, DurationMs: last.DurationMs, StatusCode: last.StatusCode, Error: last.Error, Response: last.Response}
+	}
 	if st.Phase.Finished() {
-		s.Metrics.observeCompleted(st.Phase)
+		s.Metrics.ObserveCompleted(st.Phase)
 	}
 	return out
 }
 
-// limits are the endpoint's rateLimit divided among the live replicas (at least one
-// each), so that a receiver sees at most its limits whatever the number of replicas
-// (unless a limit is below it); with the default share, this replica's own, when it
-// sets no maxInFlight.
-func (s *QueueSender) limits(ep *hooklinev1.WebhookEndpoint) throttle.Limits {
-	lim := rateLimits(ep)
-	n := int(max(s.replicas.Load(), 1))
-	if lim.MaxInFlight > 0 {
-		lim.MaxInFlight = max(lim.MaxInFlight/n, 1)
-	} else {
-		lim.MaxInFlight = s.EndpointMaxInFlight
-	}
-	if lim.PerSecond > 0 {
-		lim.PerSecond = max(lim.PerSecond/n, 1)
-	}
-	return lim
-}
-
 // heartbeat says this replica delivers and learns how many do.
-func (s *QueueSender) heartbeat(ctx context.Context) {
+func (s *Sender) heartbeat(ctx context.Context) {
 	live, err := s.Queue.Heartbeat(ctx, s.Owner)
 	if err != nil {
 		return // the last count stands; claims fail too and say so
 	}
 	s.replicas.Store(int64(live))
-	s.Metrics.replicas.Set(float64(live))
+	s.Metrics.SetReplicas(live)
 }
 
-// queueOwner is a name for this process's claims.
-func queueOwner(hostname string) string {
+// Owner is a name for this process's claims.
+func Owner(hostname string) string {
 	return fmt.Sprintf("%s-%d", hostname, time.Now().UnixNano())
 }
