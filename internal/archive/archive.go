@@ -37,7 +37,9 @@ type Delivery struct {
 	Attempts        int32           `json:"attempts"`
 	SignatureScheme string          `json:"signatureScheme,omitempty"`
 	CreatedAt       time.Time       `json:"createdAt"`
-	History         []Attempt       `json:"history"`
+	// NextAttemptTime is when a live delivery (the PostgreSQL store's) is due.
+	NextAttemptTime *time.Time `json:"nextAttemptTime,omitempty"`
+	History         []Attempt  `json:"history"`
 	Payload         json.RawMessage `json:"payload,omitempty"` // the event's, or the direct delivery's own
 }
 

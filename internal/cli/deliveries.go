@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
+	"github.com/hookline/hookline/internal/archive"
 	"github.com/hookline/hookline/internal/historyapi"
 )
 
@@ -62,8 +64,73 @@ func (a *app) listDeliveries(f deliveryFilter) ([]hooklinev1.WebhookDelivery, er
 	return out, nil
 }
 
+// listQueued lists the PostgreSQL store's deliveries through the history API, page by
+// page, as WebhookDeliveries, so that both stores print the same way.
+func (a *app) listQueued(q historyQuery, f deliveryFilter) ([]hooklinev1.WebhookDelivery, error) {
+	if f.phase != "" && !contains(phases, f.phase) {
+		return nil, fmt.Errorf("--phase %q: one of %s", f.phase, strings.Join(phases, ", "))
+	}
+	params := url.Values{"limit": {"500"}}
+	for k, v := range map[string]string{"endpoint": f.endpoint, "phase": f.phase} {
+		if v != "" {
+			params.Set(k, v)
+		}
+	}
+	if f.since > 0 {
+		params.Set("since", time.Now().Add(-f.since).UTC().Format(time.RFC3339))
+	}
+	var out []hooklinev1.WebhookDelivery
+	for {
+		page, err := a.fetchHistory(q, "/v1/namespaces/"+a.ns+"/deliveries", params)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range page.Items {
+			out = append(out, asWebhookDelivery(d))
+		}
+		if page.Continue == "" {
+			return out, nil
+		}
+		params.Set("continue", page.Continue)
+	}
+}
+
+// asWebhookDelivery is a queued delivery as the WebhookDelivery it would be in the etcd
+// store.
+func asWebhookDelivery(d archive.Delivery) hooklinev1.WebhookDelivery {
+	w := hooklinev1.WebhookDelivery{
+		TypeMeta:   metav1.TypeMeta{APIVersion: hooklinev1.GroupVersion.String(), Kind: "WebhookDelivery"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: d.Name, CreationTimestamp: metav1.NewTime(d.CreatedAt)},
+		Spec:       hooklinev1.WebhookDeliverySpec{EndpointRef: hooklinev1.LocalRef{Name: d.Endpoint}, EventType: d.EventType},
+		Status: hooklinev1.WebhookDeliveryStatus{Phase: hooklinev1.DeliveryPhase(d.Phase), MessageID: d.MessageID,
+			Attempts: d.Attempts, ResponseStatusCode: lastCode(d)},
+	}
+	if d.EventName != "" {
+		w.Spec.EventRef = &hooklinev1.LocalRef{Name: d.EventName}
+	}
+	for _, h := range d.History {
+		w.Status.History = append(w.Status.History, hooklinev1.AttemptRecord{Time: metav1.NewMicroTime(h.Time), DurationMs: h.DurationMs,
+			StatusCode: h.StatusCode, Error: h.Error, Response: h.Response})
+	}
+	if n := len(d.History); n > 0 {
+		last := metav1.NewMicroTime(d.History[n-1].Time)
+		w.Status.LastAttemptTime = &last
+	}
+	if d.NextAttemptTime != nil {
+		next := metav1.NewMicroTime(*d.NextAttemptTime)
+		w.Status.NextAttemptTime = &next
+	}
+	if w.Status.Phase.Finished() {
+		done := metav1.NewTime(d.FinishedAt)
+		w.Status.CompletionTime = &done
+	}
+	return w
+}
+
 func (a *app) deliveriesCommand() *cobra.Command {
 	var f deliveryFilter
+	var queued bool
+	var q historyQuery
 	cmd := &cobra.Command{
 		Use:   "deliveries",
 		Short: "List deliveries, by endpoint, phase and age",
@@ -72,7 +139,11 @@ func (a *app) deliveriesCommand() *cobra.Command {
 			if a.output != "" && a.output != "json" && a.output != "yaml" {
 				return fmt.Errorf("--output %q: json or yaml", a.output)
 			}
-			items, err := a.listDeliveries(f)
+			list := a.listDeliveries
+			if queued {
+				list = func(f deliveryFilter) ([]hooklinev1.WebhookDelivery, error) { return a.listQueued(q, f) }
+			}
+			items, err := list(f)
 			if err != nil {
 				return err
 			}
@@ -101,8 +172,13 @@ func (a *app) deliveriesCommand() *cobra.Command {
 	f.flags(cmd)
 	cmd.Flags().DurationVar(&f.since, "since", 0, "only deliveries created within this duration, like 1h")
 	cmd.Flags().StringVarP(&a.output, "output", "o", "", "json or yaml")
+	cmd.Flags().BoolVar(&queued, postgresFlag, false, "the deliveries are in the PostgreSQL store: list them through the manager's history API")
+	q.flags(cmd)
 	return cmd
 }
+
+// postgresFlag selects the PostgreSQL store, where deliveries are not objects.
+const postgresFlag = "postgres"
 
 func (a *app) retryCommand() *cobra.Command {
 	var f deliveryFilter
@@ -112,15 +188,16 @@ func (a *app) retryCommand() *cobra.Command {
 		Use:   "retry DELIVERY... | --endpoint NAME --phase Exhausted",
 		Short: "Retry Failed or Exhausted deliveries",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if queued {
-				return a.retryQueued(q, args)
-			}
 			names := args
 			if len(args) == 0 {
 				if f.endpoint == "" && f.phase == "" {
 					return fmt.Errorf("name deliveries, or select them with --endpoint and --phase")
 				}
-				items, err := a.listDeliveries(f)
+				list := a.listDeliveries
+				if queued {
+					list = func(f deliveryFilter) ([]hooklinev1.WebhookDelivery, error) { return a.listQueued(q, f) }
+				}
+				items, err := list(f)
 				if err != nil {
 					return err
 				}
@@ -135,6 +212,9 @@ func (a *app) retryCommand() *cobra.Command {
 				}
 			} else if f.endpoint != "" || f.phase != "" {
 				return fmt.Errorf("name deliveries or select them with --endpoint/--phase, not both")
+			}
+			if queued {
+				return a.retryQueued(q, names)
 			}
 			ctx, cancel := a.context()
 			defer cancel()
@@ -158,7 +238,7 @@ func (a *app) retryCommand() *cobra.Command {
 		},
 	}
 	f.flags(cmd)
-	cmd.Flags().BoolVar(&queued, "postgres", false, "the deliveries are in the PostgreSQL store: retry them by name through the manager's history API")
+	cmd.Flags().BoolVar(&queued, postgresFlag, false, "the deliveries are in the PostgreSQL store: retry them through the manager's history API")
 	q.flags(cmd)
 	return cmd
 }
@@ -166,9 +246,6 @@ func (a *app) retryCommand() *cobra.Command {
 // retryQueued retries deliveries of the PostgreSQL store by name, through the history
 // API, with the user's token (allowed to patch webhookdeliveries in the namespace).
 func (a *app) retryQueued(q historyQuery, names []string) error {
-	if len(names) == 0 {
-		return fmt.Errorf("with --postgres, name the deliveries (kubectl hookline history --phase Exhausted lists them)")
-	}
 	failed := 0
 	for _, name := range names {
 		body, err := a.historyRequest(q, http.MethodPost, "/v1/namespaces/"+a.ns+"/deliveries/"+url.PathEscape(name)+"/retry", nil)

@@ -227,8 +227,34 @@ func TestRetryInThePostgresStore(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, "(403)") || !strings.Contains(r.err, "may not patch webhookdeliveries.hookline.dev") {
 		t.Fatalf("a user who may only list: exit %d\n%s%s", r.code, r.out, r.err)
 	}
+	// deliveries lists the queue as it lists WebhookDeliveries.
+	r = plugin(reader, ns, "", append([]string{"deliveries", "--phase", "Exhausted"}, direct...)...).ok(t)
+	lines := strings.Split(strings.TrimSpace(r.out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME ENDPOINT TYPE PHASE ATTEMPTS CODE NEXT ATTEMPT AGE" ||
+		strings.Join(strings.Fields(lines[1])[:6], " ") != exhausted+" globex order.created Exhausted 3 0" {
+		t.Fatalf("deliveries --postgres --phase Exhausted:\n%s", r.out)
+	}
+	r = plugin(reader, ns, "", append([]string{"deliveries", "-o", "json"}, direct...)...).ok(t)
+	var list hooklinev1.WebhookDeliveryList
+	if err := json.Unmarshal([]byte(r.out), &list); err != nil || len(list.Items) != 2 {
+		t.Fatalf("deliveries --postgres -o json: %d items (%v)\n%s", len(list.Items), err, r.out)
+	}
+	for _, d := range list.Items {
+		if d.Kind != "WebhookDelivery" || d.Spec.EventRef == nil || d.Spec.EventRef.Name != "order-1" || d.Status.MessageID != "msg_u1" || d.Status.CompletionTime == nil {
+			t.Fatalf("a queued delivery as a WebhookDelivery: %+v", d)
+		}
+	}
+	// Selected by endpoint and phase, as in the etcd store.
+	r = plugin(operator, ns, "", append([]string{"retry", "--endpoint", "globex", "--phase", "Exhausted"}, direct...)...).ok(t)
+	if !strings.Contains(r.out, "delivery "+exhausted+" retry requested") {
+		t.Fatalf("retry --endpoint globex --phase Exhausted:\n%s", r.out)
+	}
+	r = plugin(operator, ns, "", append([]string{"deliveries", "--endpoint", "globex"}, direct...)...).ok(t)
+	if !strings.Contains(r.out, " Pending ") || !strings.Contains(r.out, " in ") {
+		t.Fatalf("the retried delivery, listed:\n%s", r.out)
+	}
 	r = plugin(operator, ns, "", append([]string{"retry", exhausted, succeeded}, direct...)...).ok(t)
-	if !strings.Contains(r.out, "delivery "+exhausted+" retry requested") || !strings.Contains(r.out, "delivery "+succeeded+": not Failed or Exhausted") {
+	if !strings.Contains(r.out, "delivery "+exhausted+": not Failed or Exhausted") || !strings.Contains(r.out, "delivery "+succeeded+": not Failed or Exhausted") {
 		t.Fatalf("retry:\n%s", r.out)
 	}
 	again, err := queue.Claim(ctx, "test-2", 10, time.Minute)

@@ -21,7 +21,8 @@ func (q *Queue) List(ctx context.Context, f archive.Filter) ([]archive.Delivery,
 		f.Limit = 100
 	}
 	rows, err := q.pool.Query(ctx, `SELECT d.id, coalesce(d.finished_at, d.created_at) AS at, d.namespace, d.event_name, d.endpoint,
-			e.event_type, d.message_id, e.uid, d.state, d.attempts, d.created_at, d.history, e.payload
+			e.event_type, d.message_id, e.uid, d.state, d.attempts, d.created_at, d.history, e.payload,
+			CASE WHEN d.finished_at IS NULL THEN d.due_at END
 		FROM hookline_queue_deliveries d JOIN hookline_queue_events e ON e.namespace = d.namespace AND e.name = d.event_name AND e.day = d.day
 		WHERE d.namespace = @namespace
 		AND (@name = '' OR starts_with(@name, d.event_name || '-'))
@@ -42,7 +43,7 @@ func (q *Queue) List(ctx context.Context, f archive.Filter) ([]archive.Delivery,
 		var id int64
 		var history, payload []byte
 		if err := row.Scan(&id, &d.FinishedAt, &d.Namespace, &d.EventName, &d.Endpoint, &d.EventType, &d.MessageID, &d.EventUID,
-			&d.Phase, &d.Attempts, &d.CreatedAt, &history, &payload); err != nil {
+			&d.Phase, &d.Attempts, &d.CreatedAt, &history, &payload, &d.NextAttemptTime); err != nil {
 			return d, err
 		}
 		d.UID = d.EventUID + "/" + d.Endpoint
