@@ -44,7 +44,8 @@ type Options struct {
 	AllowPrivateNetworks bool
 	AllowInsecureHTTP    bool
 	UserAgent            string
-	// MaxConnsPerHost bounds the idle connections kept per receiver; 0 means 16.
+	// MaxConnsPerHost bounds the idle connections kept per receiver host; 0 means 16,
+	// or MaxOpenConns when that is set.
 	MaxConnsPerHost int
 	// MaxOpenConns caps the connections open at once, idle ones included, across
 	// every receiver; 0 means no cap. The manager sets --max-concurrent-deliveries.
@@ -91,6 +92,13 @@ func NewClient(opts Options) *Client {
 		c.conns.closeIdle = transport.CloseIdleConnections
 		transport.DialContext = c.conns.DialContext
 		transport.MaxIdleConns = min(transport.MaxIdleConns, opts.MaxOpenConns)
+		// Many endpoints often share one host (a receiver per customer path): with
+		// fewer idle connections kept per host than attempts in flight to it, every
+		// attempt beyond them dialled and closed a connection. The cap bounds the
+		// idle ones overall.
+		if opts.MaxConnsPerHost <= 0 {
+			transport.MaxIdleConnsPerHost = max(perHost, opts.MaxOpenConns)
+		}
 	}
 	c.http = &http.Client{
 		Transport:     transport,

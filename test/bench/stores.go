@@ -207,9 +207,16 @@ func queueBytes(ctx context.Context, dsn string, walBefore int64) (size, wal int
 		return 0, 0, err
 	}
 	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, `SELECT pg_total_relation_size('hookline_queue_deliveries') + pg_total_relation_size('hookline_queue_events')`).Scan(&size); err != nil {
+	// The tables are partitioned by day: their size is their partitions'.
+	if err := conn.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint
+		FROM pg_partition_tree('hookline_queue_deliveries')`).Scan(&size); err != nil {
 		return 0, 0, err
 	}
+	var events int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint FROM pg_partition_tree('hookline_queue_events')`).Scan(&events); err != nil {
+		return 0, 0, err
+	}
+	size += events
 	now, err := walBytes(ctx, dsn)
 	return size, now - walBefore, err
 }

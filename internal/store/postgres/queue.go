@@ -101,8 +101,13 @@ type Outcome struct {
 // Queue is the delivery queue.
 type Queue struct {
 	pool *pgxpool.Pool
-	dsn  string
-	days *pgdays.Partitions
+	// relaxed commits without waiting for the WAL to reach the disk: claims and
+	// outcomes. A PostgreSQL crash may lose the last of them; a lost claim is claimed
+	// again, a lost outcome is sent again when its lease ends (at least once, never
+	// lost). Publishing waits for the disk: an acknowledged event is never lost.
+	relaxed *pgxpool.Pool
+	dsn     string
+	days    *pgdays.Partitions
 }
 
 // Open connects and applies the queue's migrations.
@@ -120,11 +125,21 @@ func Open(ctx context.Context, dsn string) (*Queue, error) {
 		pool.Close()
 		return nil, fmt.Errorf("delivery queue migrations: %w", pgmigrate.Redact(err, dsn))
 	}
-	return &Queue{pool: pool, dsn: dsn, days: pgdays.New(pool)}, nil
+	relaxedCfg := cfg.Copy()
+	relaxedCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	relaxed, err := pgxpool.NewWithConfig(ctx, relaxedCfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("delivery queue: %w", pgmigrate.Redact(err, dsn))
+	}
+	return &Queue{pool: pool, relaxed: relaxed, dsn: dsn, days: pgdays.New(pool)}, nil
 }
 
 // Close closes the connections.
-func (q *Queue) Close() { q.pool.Close() }
+func (q *Queue) Close() {
+	q.relaxed.Close()
+	q.pool.Close()
+}
 
 // Ping reports whether the database answers.
 func (q *Queue) Ping(ctx context.Context) error { return q.redact(q.pool.Ping(ctx)) }
@@ -202,7 +217,7 @@ func publishedAt(t time.Time) time.Time {
 // Claim leases up to limit due deliveries to owner for lease. A delivery whose lease
 // ended unrecorded (its holder died) is due again, with the same message id and body.
 func (q *Queue) Claim(ctx context.Context, owner string, limit int, lease time.Duration) ([]Claim, error) {
-	rows, err := q.pool.Query(ctx, `WITH due AS (
+	rows, err := q.relaxed.Query(ctx, `WITH due AS (
 			SELECT id, day FROM hookline_queue_deliveries
 			WHERE finished_at IS NULL AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
 			ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -230,7 +245,7 @@ var ErrLeaseLost = errors.New("the claim's lease ended before its outcome was wr
 // returns, per outcome, nil or ErrLeaseLost.
 func (q *Queue) Record(ctx context.Context, owner string, outcomes []Outcome) ([]error, error) {
 	results := make([]error, len(outcomes))
-	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, q.relaxed, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		for _, o := range outcomes {
 			var attempt []byte
@@ -488,7 +503,7 @@ const replicaTTL = 15 * time.Second
 // returns how many are live (owner included).
 func (q *Queue) Heartbeat(ctx context.Context, owner string) (int, error) {
 	var live int
-	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, q.relaxed, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO hookline_queue_replicas (owner, seen_at) VALUES ($1, now())
 			ON CONFLICT (owner) DO UPDATE SET seen_at = now()`, owner); err != nil {
 			return err
