@@ -24,22 +24,22 @@ var migrations embed.FS
 
 // Delivery is one finished delivery as archived.
 type Delivery struct {
-	UID             string          `json:"uid"`
-	FinishedAt      time.Time       `json:"finishedAt"`
-	Namespace       string          `json:"namespace"`
-	Name            string          `json:"name"`
-	Endpoint        string          `json:"endpoint"`
-	EventType       string          `json:"eventType"`
-	MessageID       string          `json:"messageId"`
-	EventUID        string          `json:"eventUid,omitempty"` // empty for a direct delivery
-	EventName       string          `json:"eventName,omitempty"`
-	Phase           string          `json:"phase"`
-	Attempts        int32           `json:"attempts"`
-	SignatureScheme string          `json:"signatureScheme,omitempty"`
-	CreatedAt       time.Time       `json:"createdAt"`
+	UID             string    `json:"uid"`
+	FinishedAt      time.Time `json:"finishedAt"`
+	Namespace       string    `json:"namespace"`
+	Name            string    `json:"name"`
+	Endpoint        string    `json:"endpoint"`
+	EventType       string    `json:"eventType"`
+	MessageID       string    `json:"messageId"`
+	EventUID        string    `json:"eventUid,omitempty"` // empty for a direct delivery
+	EventName       string    `json:"eventName,omitempty"`
+	Phase           string    `json:"phase"`
+	Attempts        int32     `json:"attempts"`
+	SignatureScheme string    `json:"signatureScheme,omitempty"`
+	CreatedAt       time.Time `json:"createdAt"`
 	// NextAttemptTime is when a live delivery (the PostgreSQL store's) is due.
-	NextAttemptTime *time.Time `json:"nextAttemptTime,omitempty"`
-	History         []Attempt  `json:"history"`
+	NextAttemptTime *time.Time      `json:"nextAttemptTime,omitempty"`
+	History         []Attempt       `json:"history"`
 	Payload         json.RawMessage `json:"payload,omitempty"` // the event's, or the direct delivery's own
 }
 
