@@ -35,6 +35,7 @@ import (
 	"github.com/hookline/hookline/internal/kubeclient"
 	"github.com/hookline/hookline/internal/publishapi"
 	"github.com/hookline/hookline/internal/queuesender"
+	"github.com/hookline/hookline/internal/retention"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
 	"github.com/hookline/hookline/internal/version"
 )
@@ -334,7 +335,12 @@ func run(ctx context.Context, o *options) error {
 	if err := managerMetrics.Register(ctrlmetrics.Registry); err != nil {
 		return err
 	}
+	// One gate for the etcd budget: fan-outs wait on it, and the admission webhook
+	// refuses creates by it.
+	gate := retention.NewGate(o.retention().MaxBytes)
+	o.webhook.Budget = controllers.AdmissionBudget{Gate: gate, Metrics: managerMetrics}
 	if err := controllers.Setup(ctx, mgr, controllers.Config{
+		Gate:              gate,
 		Metrics:           managerMetrics,
 		AllowInsecureHTTP: o.allowInsecureHTTP,
 		Sender: delivery.NewClient(delivery.Options{AllowPrivateNetworks: o.allowPrivateNetworks, AllowInsecureHTTP: o.allowInsecureHTTP, UserAgent: version.UserAgent(),

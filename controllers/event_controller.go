@@ -160,13 +160,18 @@ const heldRecheck = 30 * time.Second
 // admit asks the gate for room for n deliveries. A held event says so in its
 // Complete condition and, once, in a Kubernetes Event.
 func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent, n int, now time.Time) bool {
-	if n == 0 || r.Gate.Admit(ev.Namespace+"/"+ev.Name, eventBytes(ev)+int64(n)*liveDeliveryBytes) {
+	if n == 0 {
 		return true
 	}
-	msg := fmt.Sprintf("fan-out to %d endpoints waits: hookline's objects take %s of its %s etcd budget (--max-etcd-bytes) and nothing finished is left to prune; it resumes as deliveries finish",
-		n, mebibytes(r.Gate.Used()), mebibytes(r.Gate.Max()))
+	// The event's own bytes count until a walk of the cache shows it.
+	d := r.Gate.Admit(ev.Namespace+"/"+ev.Name, eventBytes(ev)+int64(n)*liveDeliveryBytes)
+	if d.Admitted {
+		return true
+	}
+	msg := fmt.Sprintf("fan-out to %d endpoints waits: %s; it resumes as deliveries finish and are pruned", n, d.Explain())
 	if c := meta.FindStatusCondition(ev.Status.Conditions, hooklinev1.ConditionComplete); c == nil || c.Reason != hooklinev1.ReasonWaitingForBudget {
-		logf.FromContext(ctx).Info("fan-out held back by the etcd budget", "event", client.ObjectKeyFromObject(ev), "used", r.Gate.Used(), "budget", r.Gate.Max())
+		logf.FromContext(ctx).Info("fan-out held back by the etcd budget", "event", client.ObjectKeyFromObject(ev), "used", d.Used, "budget", d.Max,
+			"namespaceUsed", d.NamespaceUsed, "share", d.Share)
 		if r.Recorder != nil {
 			r.Recorder.Eventf(ev, nil, corev1.EventTypeWarning, hooklinev1.ReasonWaitingForBudget, "FanOut", "%s", msg)
 		}
@@ -175,7 +180,6 @@ func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent
 	return false
 }
 
-func mebibytes(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // fanOutProgress is what this process knows of a fan-out it made whose completion is
 // not written yet.

@@ -24,6 +24,7 @@ type Metrics struct {
 	archiveUp       prometheus.Gauge
 	disabled        *prometheus.CounterVec
 	replicas        prometheus.Gauge
+	budgetRefusals  *prometheus.CounterVec
 }
 
 // NewMetrics builds a manager's metrics, registered nowhere yet.
@@ -72,12 +73,13 @@ func NewMetrics() *Metrics {
 			Name: "hookline_endpoints_disabled_total",
 			Help: "Endpoints disabled automatically, by reason: EndpointGone (410), FailingTooLong (spec.autoDisableAfter).",
 		}, []string{"reason"}),
+		budgetRefusals: budgetRefusalsVec(),
 	}
 }
 
 // collectors are every metric of the manager, for registration.
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.attempts, m.completed, m.attemptDuration, m.latency, m.pruned, m.retained,
+	return []prometheus.Collector{m.attempts, m.completed, m.attemptDuration, m.latency, m.pruned, m.retained, m.budgetRefusals,
 		m.archived, m.archiveErrors, m.archiveUp, m.disabled, m.replicas}
 }
 

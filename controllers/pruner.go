@@ -184,10 +184,9 @@ func (p *Pruner) walk(ctx context.Context) error {
 		p.work <- job
 	}
 	p.expireArchive(ctx)
-	// Everything still in the cache counts, the units queued for deletion included,
-	// but the events not fanned out yet: the gate admits them with their own bytes, so
-	// that a flood of them cannot keep the gate shut for ever.
-	p.Gate.Observe(fp.bytes-fp.notFannedOut, takenAt)
+	// Everything still in the cache counts, the units queued for deletion and the
+	// events not fanned out yet included.
+	p.Gate.Observe(fp.bytes, fp.notFannedOut, fp.byNamespace, takenAt)
 	for _, key := range p.Gate.Release() {
 		p.Wake(key)
 	}
@@ -198,7 +197,7 @@ func (p *Pruner) walk(ctx context.Context) error {
 // units groups the cached objects into retention units: each event with its
 // deliveries, each other delivery alone.
 func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hooklinev1.WebhookEvent) ([]retention.Unit, []unitObjects, *footprint) {
-	fp := &footprint{deliveries: map[hooklinev1.DeliveryPhase]int{}}
+	fp := &footprint{deliveries: map[hooklinev1.DeliveryPhase]int{}, byNamespace: map[string]int64{}}
 	units := make([]retention.Unit, 0, len(events)+len(deliveries)/2)
 	objects := make([]unitObjects, 0, cap(units))
 	byUID := make(map[types.UID]int, len(events))
@@ -252,6 +251,7 @@ func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hookl
 	}
 	for _, u := range units {
 		fp.bytes += u.Bytes
+		fp.byNamespace[u.Namespace] += u.Bytes
 	}
 	return units, objects, fp
 }

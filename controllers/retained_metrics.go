@@ -46,6 +46,8 @@ type footprint struct {
 	bytes      int64
 	// notFannedOut are the bytes of the events whose fan-out has not run (new or held).
 	notFannedOut int64
+	// byNamespace are the bytes by namespace.
+	byNamespace map[string]int64
 }
 
 // retainedCollector reports the footprint the pruner counted last.

@@ -55,6 +55,9 @@ type Config struct {
 	// DeliveryLease is how long a claim on the queue is held (DefaultDeliveryLease
 	// when zero).
 	DeliveryLease time.Duration
+	// Gate is the etcd budget's gate, shared with the admission webhook; nil: Setup
+	// makes one for Retention.MaxBytes.
+	Gate *retention.Gate
 	// Clock is the reconcilers' clock; nil means the real one. Tests inject a fake one
 	// to show that nothing final is rewritten as time passes.
 	Clock clock.WithTicker
@@ -102,7 +105,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("enable controller: %w", err)
 	}
 	// Fan-out and counting are short; a few workers keep a burst of events from queueing.
-	gate := retention.NewGate(cfg.Retention.MaxBytes)
+	gate := cfg.Gate
+	if gate == nil {
+		gate = retention.NewGate(cfg.Retention.MaxBytes)
+	}
 	events := &EventReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Clock: clk, Gate: gate,
 		Queue: cfg.Queue, MaxConcurrent: max(cfg.MaxConcurrentDeliveries/8, 2), wakeups: make(chan event.GenericEvent, 1024)}
 	if err := events.SetupWithManager(mgr); err != nil {
@@ -114,6 +120,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, cfg Config) error {
 		pruner.QueueHistory = cfg.Queue
 	}
 	if err := mgr.Add(pruner); err != nil {
+		return err
+	}
+	if err := mgr.Add(&budgetCounter{pruner: pruner, elected: mgr.Elected()}); err != nil {
 		return err
 	}
 	// The engine's shared parts; each store's driver adds its throttle.

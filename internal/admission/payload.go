@@ -1,7 +1,8 @@
 // Package admission serves hookline's validating admission webhook: the payload
 // limits OpenAPI and CEL cannot express (nesting depth; size as compact JSON) are
 // enforced when a WebhookEvent or a WebhookDelivery is created, so a hostile object
-// never reaches etcd. It is a plain net/http handler.
+// never reaches etcd; and while hookline's etcd budget is full, a create is refused
+// with 429 Too Many Requests, which clients retry. It is a plain net/http handler.
 package admission
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,9 +41,21 @@ const reviewDepth = payload.MaxDepth + 32
 // PayloadHandler answers AdmissionReviews of WebhookEvent and WebhookDelivery
 // creations: a payload beyond the limits is refused with a message that names them.
 type PayloadHandler struct {
+	// Budget, when set, decides whether hookline's etcd budget has room for the object.
+	Budget Budget
 	// Log, when set, is told about every refusal (never the payload).
 	Log func(msg string, keysAndValues ...any)
 }
+
+// Budget decides whether hookline's etcd budget has room for a new object of the kind
+// with a payload of payloadBytes; refused, why says who holds the budget.
+type Budget interface {
+	AdmitCreate(kind, namespace string, payloadBytes int) (admitted bool, why string)
+}
+
+// BudgetRetryAfter is the wait a refused producer is told: about one count of the
+// budget (the pruner walks every 2 s).
+const BudgetRetryAfter = 2 * time.Second
 
 func (h PayloadHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
@@ -82,7 +96,24 @@ func (h PayloadHandler) review(req *admissionv1.AdmissionRequest) *admissionv1.A
 		}
 		return deny(fmt.Sprintf("%s %s: %v", req.Kind.Kind, req.Name, err))
 	}
+	if h.Budget != nil && (req.DryRun == nil || !*req.DryRun) {
+		if ok, why := h.Budget.AdmitCreate(req.Kind.Kind, req.Namespace, len(obj.Spec.Payload)); !ok {
+			if h.Log != nil {
+				h.Log("refused at admission: the etcd budget is full", "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name)
+			}
+			return tooManyRequests(fmt.Sprintf("%s %s: the etcd budget is full, retry later: %s", req.Kind.Kind, req.Name, why))
+		}
+	}
 	return &admissionv1.AdmissionResponse{Allowed: true}
+}
+
+// tooManyRequests refuses with 429 and a Retry-After, which the API server passes on
+// and client-go's clients retry by themselves.
+func tooManyRequests(msg string) *admissionv1.AdmissionResponse {
+	return &admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
+		Status: metav1.StatusFailure, Code: http.StatusTooManyRequests, Reason: metav1.StatusReasonTooManyRequests, Message: msg,
+		Details: &metav1.StatusDetails{RetryAfterSeconds: int32(BudgetRetryAfter / time.Second)},
+	}}
 }
 
 func deny(msg string) *admissionv1.AdmissionResponse {

@@ -10,11 +10,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
@@ -22,7 +26,34 @@ import (
 	"github.com/hookline/hookline/internal/testenv"
 )
 
-var k8s client.Client
+var (
+	k8s        client.Client
+	restConfig *rest.Config
+)
+
+// budget refuses creates in the namespaces of its refusals map, that many times each
+// (-1: always), and counts every question.
+var budget = &scriptedBudget{refusals: map[string]int{"budget-full": -1, "budget-retry": 2}, asked: map[string]int{}}
+
+type scriptedBudget struct {
+	mu       sync.Mutex
+	refusals map[string]int
+	asked    map[string]int
+}
+
+func (b *scriptedBudget) AdmitCreate(kind, namespace string, payloadBytes int) (bool, string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.asked[namespace]++
+	n, ok := b.refusals[namespace]
+	if !ok || n == 0 {
+		return true, ""
+	}
+	if n > 0 {
+		b.refusals[namespace]--
+	}
+	return false, fmt.Sprintf("namespace %s holds 7.0 MiB, over its fair share of 4.0 MiB (%d bytes asked)", namespace, payloadBytes)
+}
 
 // The API server of this suite calls the webhook as config/webhook registers it.
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -33,7 +64,7 @@ func run(m *testing.M) int {
 		return testenv.Without(m, err)
 	}
 	defer func() { _ = env.Stop() }()
-	k8s = env.Client
+	k8s, restConfig = env.Client, env.Config
 	host, port, certDir := env.WebhookServing()
 	cert, err := tls.LoadX509KeyPair(filepath.Join(certDir, "tls.crt"), filepath.Join(certDir, "tls.key"))
 	if err != nil {
@@ -46,7 +77,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	mux := http.NewServeMux()
-	mux.Handle(PayloadPath, PayloadHandler{})
+	mux.Handle(PayloadPath, PayloadHandler{Budget: budget})
 	srv := &http.Server{Handler: mux}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
@@ -120,5 +151,50 @@ func TestPayloadLimitsAreEnforcedAtAdmission(t *testing.T) {
 			}
 			t.Logf("%s", err)
 		})
+	}
+}
+
+// While the budget is full for a namespace, a create there is refused with 429 and a
+// Retry-After that client-go honours: a producer's client retries by itself and gets
+// through once there is room. Nothing refused is stored.
+func TestAFullBudgetRefusesCreatesWith429(t *testing.T) {
+	testenv.Needs(t)
+	ctx := context.Background()
+	for _, ns := range []string{"budget-full", "budget-retry"} {
+		if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := event("refused", `{"order":1}`)
+	full.Namespace = "budget-full"
+	// One request, without client-go's retries, to see the answer itself.
+	cfg := rest.CopyConfig(restConfig)
+	cfg.GroupVersion, cfg.APIPath = &hooklinev1.GroupVersion, "/apis"
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(k8s.Scheme()).WithoutConversion()
+	once, err := rest.RESTClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = once.Post().Namespace(full.Namespace).Resource("webhookevents").Body(full).MaxRetries(0).Do(ctx).Error()
+	if !apierrors.IsTooManyRequests(err) || !strings.Contains(err.Error(), "the etcd budget is full, retry later") ||
+		!strings.Contains(err.Error(), "over its fair share") {
+		t.Fatalf("a create in a full namespace: %v", err)
+	}
+	if delay, ok := apierrors.SuggestsClientDelay(err); !ok || delay != int(BudgetRetryAfter.Seconds()) {
+		t.Fatalf("retry hint %d (%v), want %v", delay, ok, BudgetRetryAfter)
+	}
+	if getErr := k8s.Get(ctx, client.ObjectKeyFromObject(full), &hooklinev1.WebhookEvent{}); !apierrors.IsNotFound(getErr) {
+		t.Fatalf("a refused event was stored: %v", getErr)
+	}
+	// Refused twice, then admitted: the client's own retries carry it through.
+	retried := event("retried", `{"order":2}`)
+	retried.Namespace = "budget-retry"
+	if err := k8s.Create(ctx, retried); err != nil {
+		t.Fatalf("client-go did not retry the 429s through: %v", err)
+	}
+	budget.mu.Lock()
+	defer budget.mu.Unlock()
+	if budget.asked["budget-retry"] != 3 {
+		t.Fatalf("the budget was asked %d times, want 3 (two refusals, then admitted)", budget.asked["budget-retry"])
 	}
 }

@@ -1,33 +1,54 @@
 package retention
 
 import (
+	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 )
 
-// HoldAt is the share of the budget at which new fan-outs wait. The rest is room for
-// what live deliveries still add (attempt history, responses) and for deliveries
-// created directly, which the manager cannot hold back.
-const HoldAt = 0.90
+// The shares of the budget at which the gate holds work back. Creates stop first, so
+// that the events already admitted have room to fan out; fan-outs stop below the
+// whole budget, leaving room for what live deliveries still add and for the time a
+// count takes. A namespace under its fair share goes on to the next level.
+const (
+	// AdmitAt: above it, a new WebhookEvent (or direct WebhookDelivery) is refused at
+	// admission, unless its namespace is under its share (then up to HoldAt).
+	AdmitAt = 0.80
+	// HoldAt: above it, a fan-out waits, unless its namespace is under its share (then
+	// up to the whole budget).
+	HoldAt = 0.90
+)
 
-// Gate admits fan-outs while the bytes kept in etcd leave room for them. The
-// estimate is refreshed from the cache by the pruner; what was admitted since, or
-// shortly before (the cache may not show it yet), is added to it, so that a burst
-// cannot overshoot between two counts.
+// Gate admits creates and fan-outs while hookline's bytes in etcd leave room for them,
+// and shares the budget fairly among namespaces: when it is full, the namespaces that
+// hold more than an equal share of it are the ones held back. The estimate is
+// refreshed from the cache on every walk; what was admitted since, or shortly before
+// (the cache may not show it yet), is added to it, so that a burst cannot overshoot
+// between two counts.
 type Gate struct {
 	max int64
 	now func() time.Time
 
 	mu       sync.Mutex
 	observed int64
-	reserved []reservation
-	waiting  []string // keys of the held events, oldest first
-	held     map[string]bool
+	// unfanned is the part of observed that events not fanned out take; a fan-out
+	// counts it only up to AdmitAt, so that events admitted while the admission
+	// webhook was off cannot keep every fan-out waiting.
+	unfanned    int64
+	byNamespace map[string]int64
+	reserved    []reservation
+	// waiting holds the held events' keys by namespace, oldest first; held, their
+	// costs.
+	waiting map[string][]string
+	held    map[string]int64
 }
 
 type reservation struct {
-	at   time.Time
-	cost int64
+	at        time.Time
+	namespace string
+	cost      int64
 }
 
 // ReservationGrace is how long an admitted fan-out is counted on top of a count
@@ -36,7 +57,7 @@ const ReservationGrace = time.Second
 
 // NewGate returns a gate for a budget of max bytes; 0 admits everything.
 func NewGate(max int64) *Gate {
-	return &Gate{max: max, now: time.Now, held: map[string]bool{}}
+	return &Gate{max: max, now: time.Now, held: map[string]int64{}, waiting: map[string][]string{}, byNamespace: map[string]int64{}}
 }
 
 // Max is the budget in bytes (0: none).
@@ -57,11 +78,38 @@ func (g *Gate) used() int64 {
 	return n
 }
 
-// Observe replaces the estimate with a count read from the cache at takenAt.
-func (g *Gate) Observe(bytes int64, takenAt time.Time) {
+func (g *Gate) usedBy(namespace string) int64 {
+	n := g.byNamespace[namespace]
+	for _, r := range g.reserved {
+		if r.namespace == namespace {
+			n += r.cost
+		}
+	}
+	return n
+}
+
+// share is an equal share of the budget among the namespaces that hold bytes, the
+// asking one included.
+func (g *Gate) share(namespace string) (int64, int) {
+	n := len(g.byNamespace)
+	if _, ok := g.byNamespace[namespace]; !ok {
+		n++
+	}
+	return g.max / int64(n), n
+}
+
+// Observe replaces the estimate with a count read from the cache at takenAt: all
+// the bytes, the part events not fanned out take, and the bytes by namespace.
+func (g *Gate) Observe(bytes, unfanned int64, byNamespace map[string]int64, takenAt time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.observed = bytes
+	g.observed, g.unfanned = bytes, unfanned
+	g.byNamespace = map[string]int64{}
+	for ns, n := range byNamespace {
+		if n > 0 {
+			g.byNamespace[ns] = n
+		}
+	}
 	keep := g.reserved[:0]
 	for _, r := range g.reserved {
 		if r.at.After(takenAt.Add(-ReservationGrace)) {
@@ -71,24 +119,77 @@ func (g *Gate) Observe(bytes int64, takenAt time.Time) {
 	g.reserved = keep
 }
 
-// Admit reserves cost bytes for the fan-out of the event key and reports whether it
-// may go ahead. A refused event is remembered until Release hands it back.
-func (g *Gate) Admit(key string, cost int64) bool {
+// Decision is the gate's answer, with what a message needs to explain a refusal.
+type Decision struct {
+	Admitted bool
+	// Used and Max are the budget's estimate and size; Namespace holds
+	// NamespaceUsed, over its Share of the budget among Namespaces.
+	Used, Max, NamespaceUsed, Share int64
+	Namespace                       string
+	Namespaces                      int
+}
+
+// Explain says why work of the namespace waits, for a condition or a refusal.
+func (d Decision) Explain() string {
+	msg := fmt.Sprintf("hookline's objects take %s of its %s etcd budget (--max-etcd-bytes)", MiB(d.Used), MiB(d.Max))
+	if d.Namespaces > 1 {
+		msg += fmt.Sprintf("; namespace %s holds %s, over its fair share of %s (the budget shared by %d namespaces)",
+			d.Namespace, MiB(d.NamespaceUsed), MiB(d.Share), d.Namespaces)
+	}
+	return msg
+}
+
+// MiB formats bytes for a message.
+func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// decide admits cost bytes of the namespace below level of the budget, or, for a
+// namespace under its share, below next; it reserves them when it admits.
+func (g *Gate) decide(namespace string, cost int64, level, next float64) Decision {
+	used, nsUsed := g.used(), g.usedBy(namespace)
+	share, namespaces := g.share(namespace)
+	d := Decision{Used: used, Max: g.max, Namespace: namespace, NamespaceUsed: nsUsed, Share: share, Namespaces: namespaces}
+	fits := func(limit float64) bool { return float64(used+cost) <= limit*float64(g.max) }
+	if fits(level) || (nsUsed+cost <= share && fits(next)) {
+		d.Admitted = true
+		g.reserved = append(g.reserved, reservation{at: g.now(), namespace: namespace, cost: cost})
+	}
+	return d
+}
+
+// AdmitCreate decides on a new object of cost bytes in the namespace, at admission:
+// refused, its producer is told to retry.
+func (g *Gate) AdmitCreate(namespace string, cost int64) Decision {
 	if g.max <= 0 {
-		return true
+		return Decision{Admitted: true}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if float64(g.used()+cost) > HoldAt*float64(g.max) {
-		if !g.held[key] {
-			g.held[key] = true
-			g.waiting = append(g.waiting, key)
-		}
-		return false
+	return g.decide(namespace, cost, AdmitAt, HoldAt)
+}
+
+// Admit decides on the fan-out of the event key ("namespace/name"), which adds cost
+// bytes. A held event is remembered until Release hands it back.
+func (g *Gate) Admit(key string, cost int64) Decision {
+	if g.max <= 0 {
+		return Decision{Admitted: true}
 	}
-	g.reserved = append(g.reserved, reservation{at: g.now(), cost: cost})
-	delete(g.held, key)
-	return true
+	namespace, _, _ := strings.Cut(key, "/")
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// Events not fanned out count only up to AdmitAt here (see unfanned).
+	discount := max(g.unfanned-int64(AdmitAt*float64(g.max)), 0)
+	g.observed -= discount
+	d := g.decide(namespace, cost, HoldAt, 1)
+	g.observed += discount
+	if d.Admitted {
+		delete(g.held, key)
+		return d
+	}
+	if _, ok := g.held[key]; !ok {
+		g.waiting[namespace] = append(g.waiting[namespace], key)
+	}
+	g.held[key] = cost
+	return d
 }
 
 // Holding is the number of events waiting for room.
@@ -98,22 +199,62 @@ func (g *Gate) Holding() int {
 	return len(g.held)
 }
 
-// Release returns the held events, oldest first, when the estimate leaves room below
-// HoldAt, and forgets them: each is reconciled again and asks once more.
+// Release returns held events to ask again, and forgets them: all of them when the
+// estimate leaves room below HoldAt, otherwise those of the namespaces under their
+// share that now fit. Namespaces take turns, each oldest first.
 func (g *Gate) Release() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.max <= 0 || float64(g.used()) >= HoldAt*float64(g.max) {
+	if g.max <= 0 {
 		return nil
 	}
+	room := float64(g.used()) < HoldAt*float64(g.max)
+	namespaces := make([]string, 0, len(g.waiting))
+	for ns := range g.waiting {
+		namespaces = append(namespaces, ns)
+	}
+	sort.Strings(namespaces)
+	used, byNamespace := g.used(), map[string]int64{}
+	for _, ns := range namespaces {
+		byNamespace[ns] = g.usedBy(ns)
+	}
 	var out []string
-	for _, k := range g.waiting {
-		if g.held[k] {
-			out = append(out, k)
-			delete(g.held, k)
+	for turn := 0; ; turn++ {
+		added := false
+		for _, ns := range namespaces {
+			keys := g.waiting[ns]
+			if turn >= len(keys) {
+				continue
+			}
+			added = true
+			cost, held := g.held[keys[turn]]
+			if !held {
+				continue
+			}
+			share, _ := g.share(ns)
+			if !room && (byNamespace[ns]+cost > share || used+cost > g.max) {
+				continue
+			}
+			used += cost
+			byNamespace[ns] += cost
+			out = append(out, keys[turn])
+			delete(g.held, keys[turn])
+		}
+		if !added {
+			break
 		}
 	}
-	g.waiting = g.waiting[:0]
+	for _, ns := range namespaces {
+		keep := g.waiting[ns][:0]
+		for _, k := range g.waiting[ns] {
+			if _, held := g.held[k]; held {
+				keep = append(keep, k)
+			}
+		}
+		if g.waiting[ns] = keep; len(keep) == 0 {
+			delete(g.waiting, ns)
+		}
+	}
 	return out
 }
 

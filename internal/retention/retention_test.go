@@ -3,6 +3,7 @@ package retention
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -111,35 +112,84 @@ func TestBudgetCountsWhatOtherRulesPrune(t *testing.T) {
 func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	g := NewGate(1000)
 	g.now = func() time.Time { return t0.Add(time.Second) }
-	g.Observe(800, t0)
-	if !g.Admit("shop/a", 100) {
+	// Two namespaces hold bytes: each has a share of 500.
+	g.Observe(800, 0, map[string]int64{"shop": 700, "other": 100}, t0)
+	if !g.Admit("shop/a", 100).Admitted {
 		t.Fatal("900 of 1000 bytes (HoldAt) refused")
 	}
-	if g.Admit("shop/b", 1) || g.Admit("shop/c", 1) || g.Admit("shop/b", 1) {
-		t.Fatal("admitted above HoldAt")
+	if g.Admit("shop/b", 1).Admitted || g.Admit("shop/c", 1).Admitted || g.Admit("shop/b", 1).Admitted {
+		t.Fatal("admitted above HoldAt for a namespace over its share")
 	}
-	if g.Holding() != 2 {
-		t.Fatalf("holding %d events, want 2", g.Holding())
+	// A namespace under its share goes on up to the whole budget.
+	if d := g.Admit("other/x", 50); !d.Admitted {
+		t.Fatalf("a namespace under its share was held: %+v", d)
+	}
+	if d := g.Admit("other/y", 100); d.Admitted {
+		t.Fatalf("admitted beyond the whole budget: %+v", d)
+	}
+	if g.Holding() != 3 {
+		t.Fatalf("holding %d events, want 3", g.Holding())
 	}
 	if got := g.Release(); got != nil {
 		t.Fatalf("released %v while still full", got)
 	}
-	g.Observe(400, t0) // shop/a's 100 bytes, admitted after the count, still count
-	if g.Used() != 500 {
-		t.Fatalf("used %d, want 500: a reservation newer than the count is kept", g.Used())
+	g.Observe(400, 0, map[string]int64{"shop": 300, "other": 100}, t0) // shop/a's and other/x's bytes, admitted after the count, still count
+	if g.Used() != 550 {
+		t.Fatalf("used %d, want 550: reservations newer than the count are kept", g.Used())
 	}
 	g.Forget("shop/c")
-	if got := g.Release(); !slices.Equal(got, []string{"shop/b"}) {
-		t.Fatalf("released %v, want [shop/b]", got)
+	// Namespaces take turns, each oldest first.
+	if got := g.Release(); !slices.Equal(got, []string{"other/y", "shop/b"}) {
+		t.Fatalf("released %v, want [other/y shop/b]", got)
 	}
 	if g.Holding() != 0 || g.Release() != nil {
 		t.Fatal("a released event is still held")
 	}
-	g.Observe(450, t0.Add(time.Minute))
+	g.Observe(450, 0, nil, t0.Add(time.Minute))
 	if g.Used() != 450 {
 		t.Fatalf("used %d, want 450: a count taken well after a reservation replaces it", g.Used())
 	}
-	if !NewGate(0).Admit("x", 1<<40) {
+	if !NewGate(0).Admit("x/y", 1<<40).Admitted || !NewGate(0).AdmitCreate("x", 1<<40).Admitted {
 		t.Fatal("no budget refused")
+	}
+}
+
+// At the door: creates stop at AdmitAt, but a namespace under its share goes on to
+// HoldAt, and the refusal says who is over its share and by how much.
+func TestCreatesAreRefusedFromTheNamespaceOverItsShare(t *testing.T) {
+	g := NewGate(1000)
+	g.now = func() time.Time { return t0 }
+	g.Observe(790, 0, map[string]int64{"burst": 780, "steady": 10}, t0)
+	if d := g.AdmitCreate("burst", 20); d.Admitted || d.NamespaceUsed != 780 || d.Share != 500 || d.Namespaces != 2 {
+		t.Fatalf("the namespace over its share: %+v", d)
+	}
+	d := g.AdmitCreate("burst", 20)
+	if msg := d.Explain(); !strings.Contains(msg, "namespace burst holds 0.0 MiB") && !strings.Contains(msg, "namespace burst holds") {
+		t.Fatalf("explained as %q", msg)
+	}
+	if d := g.AdmitCreate("steady", 20); !d.Admitted {
+		t.Fatalf("the namespace under its share was refused: %+v", d)
+	}
+	if d := g.AdmitCreate("steady", 100); d.Admitted {
+		t.Fatalf("admitted beyond HoldAt: %+v", d)
+	}
+	// A namespace alone may use the whole share of creates, up to HoldAt.
+	alone := NewGate(1000)
+	alone.Observe(850, 0, map[string]int64{"only": 850}, t0)
+	if d := alone.AdmitCreate("only", 40); !d.Admitted {
+		t.Fatalf("the only namespace was refused below HoldAt: %+v", d)
+	}
+	if d := alone.AdmitCreate("only", 40); d.Admitted || d.Namespaces != 1 || strings.Contains(d.Explain(), "share") {
+		t.Fatalf("the only namespace above HoldAt: %+v %q", d, d.Explain())
+	}
+}
+
+// Events admitted while nothing counted them at the door (the webhook off) cannot keep
+// fan-out shut: they count only up to AdmitAt there.
+func TestUnfannedEventsCannotShutFanOut(t *testing.T) {
+	g := NewGate(1000)
+	g.Observe(950, 950, map[string]int64{"flood": 950}, t0)
+	if d := g.Admit("flood/e1", 50); !d.Admitted {
+		t.Fatalf("held with every byte an event not fanned out: %+v", d)
 	}
 }

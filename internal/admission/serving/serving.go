@@ -37,6 +37,8 @@ type Options struct {
 	ServiceName       string
 	SecretName        string
 	ConfigurationName string
+	// Budget, when set, refuses creates while hookline's etcd budget is full (429).
+	Budget admission.Budget
 }
 
 // Bind registers the flags.
@@ -80,7 +82,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, w Options) error {
 		// HTTP/2 is off, as on the metrics endpoint (Rapid Reset, Stream Cancellation).
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
 	})
-	server.Register(admission.PayloadPath, admission.PayloadHandler{Log: func(msg string, kv ...any) { log.Info(msg, kv...) }})
+	server.Register(admission.PayloadPath, admission.PayloadHandler{Budget: w.Budget, Log: func(msg string, kv ...any) { log.Info(msg, kv...) }})
 
 	certsReady := make(chan struct{})
 	if w.Mode == SelfSigned {
