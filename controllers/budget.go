@@ -19,12 +19,13 @@ type AdmissionBudget struct {
 }
 
 // AdmitCreate implements admission.Budget.
-func (b AdmissionBudget) AdmitCreate(kind, namespace string, payloadBytes int) (bool, string) {
+func (b AdmissionBudget) AdmitCreate(kind, namespace, name string, payloadBytes int) (bool, string) {
 	cost := int64(eventBaseBytes + payloadBytes)
+	event := name
 	if kind == "WebhookDelivery" {
-		cost = int64(liveDeliveryBytes + payloadBytes)
+		cost, event = int64(liveDeliveryBytes+payloadBytes), ""
 	}
-	d := b.Gate.AdmitCreate(namespace, cost)
+	d := b.Gate.AdmitCreate(namespace, event, cost)
 	if !d.Admitted {
 		b.Metrics.budgetRefusals.WithLabelValues(namespace).Inc()
 	}
@@ -57,7 +58,7 @@ func (c *budgetCounter) Start(ctx context.Context) error {
 		deliveries, events, err := c.pruner.snapshot(ctx)
 		if err == nil {
 			_, _, fp := c.pruner.units(deliveries, events)
-			c.pruner.Gate.Observe(fp.bytes, fp.notFannedOut, fp.byNamespace, takenAt)
+			c.pruner.Gate.Observe(fp.count(), takenAt)
 		} else if ctx.Err() == nil {
 			logf.FromContext(ctx).Error(err, "counting the etcd budget")
 		}

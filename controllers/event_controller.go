@@ -180,7 +180,6 @@ func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent
 	return false
 }
 
-
 // fanOutProgress is what this process knows of a fan-out it made whose completion is
 // not written yet.
 type fanOutProgress struct {

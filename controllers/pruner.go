@@ -186,7 +186,7 @@ func (p *Pruner) walk(ctx context.Context) error {
 	p.expireArchive(ctx)
 	// Everything still in the cache counts, the units queued for deletion and the
 	// events not fanned out yet included.
-	p.Gate.Observe(fp.bytes, fp.notFannedOut, fp.byNamespace, takenAt)
+	p.Gate.Observe(fp.count(), takenAt)
 	for _, key := range p.Gate.Release() {
 		p.Wake(key)
 	}
@@ -197,13 +197,14 @@ func (p *Pruner) walk(ctx context.Context) error {
 // units groups the cached objects into retention units: each event with its
 // deliveries, each other delivery alone.
 func (p *Pruner) units(deliveries []*hooklinev1.WebhookDelivery, events []*hooklinev1.WebhookEvent) ([]retention.Unit, []unitObjects, *footprint) {
-	fp := &footprint{deliveries: map[hooklinev1.DeliveryPhase]int{}, byNamespace: map[string]int64{}}
+	fp := &footprint{deliveries: map[hooklinev1.DeliveryPhase]int{}, byNamespace: map[string]int64{}, events: make(map[string]bool, len(events))}
 	units := make([]retention.Unit, 0, len(events)+len(deliveries)/2)
 	objects := make([]unitObjects, 0, cap(units))
 	byUID := make(map[types.UID]int, len(events))
 	for _, e := range events {
 		byUID[e.UID] = len(units)
 		u := retention.Unit{Namespace: e.Namespace, Name: e.Name, Event: true, Bytes: eventBytes(e), Finished: e.Status.CompletionTime != nil}
+		fp.events[e.Namespace+"/"+e.Name] = e.FannedOut()
 		switch {
 		case u.Finished:
 			u.CompletedAt = e.Status.CompletionTime.Time

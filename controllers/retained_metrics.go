@@ -46,8 +46,14 @@ type footprint struct {
 	bytes      int64
 	// notFannedOut are the bytes of the events whose fan-out has not run (new or held).
 	notFannedOut int64
-	// byNamespace are the bytes by namespace.
+	// byNamespace are the bytes by namespace; events, the events seen (fanned out or not).
 	byNamespace map[string]int64
+	events      map[string]bool
+}
+
+// count is what the budget's gate learns of the walk.
+func (f *footprint) count() retention.Count {
+	return retention.Count{Bytes: f.bytes, Unfanned: f.notFannedOut, ByNamespace: f.byNamespace, Events: f.events}
 }
 
 // retainedCollector reports the footprint the pruner counted last.

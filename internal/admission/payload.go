@@ -48,9 +48,10 @@ type PayloadHandler struct {
 }
 
 // Budget decides whether hookline's etcd budget has room for a new object of the kind
-// with a payload of payloadBytes; refused, why says who holds the budget.
+// (its name: generateName leaves it empty) with a payload of payloadBytes; refused,
+// why says who holds the budget.
 type Budget interface {
-	AdmitCreate(kind, namespace string, payloadBytes int) (admitted bool, why string)
+	AdmitCreate(kind, namespace, name string, payloadBytes int) (admitted bool, why string)
 }
 
 // BudgetRetryAfter is the wait a refused producer is told: about one count of the
@@ -97,7 +98,7 @@ func (h PayloadHandler) review(req *admissionv1.AdmissionRequest) *admissionv1.A
 		return deny(fmt.Sprintf("%s %s: %v", req.Kind.Kind, req.Name, err))
 	}
 	if h.Budget != nil && (req.DryRun == nil || !*req.DryRun) {
-		if ok, why := h.Budget.AdmitCreate(req.Kind.Kind, req.Namespace, len(obj.Spec.Payload)); !ok {
+		if ok, why := h.Budget.AdmitCreate(req.Kind.Kind, req.Namespace, req.Name, len(obj.Spec.Payload)); !ok {
 			if h.Log != nil {
 				h.Log("refused at admission: the etcd budget is full", "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name)
 			}

@@ -41,7 +41,7 @@ type scriptedBudget struct {
 	asked    map[string]int
 }
 
-func (b *scriptedBudget) AdmitCreate(kind, namespace string, payloadBytes int) (bool, string) {
+func (b *scriptedBudget) AdmitCreate(kind, namespace, _ string, payloadBytes int) (bool, string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.asked[namespace]++

@@ -14,10 +14,11 @@ import (
 // count takes. A namespace under its fair share goes on to the next level.
 const (
 	// AdmitAt: above it, a new WebhookEvent (or direct WebhookDelivery) is refused at
-	// admission, unless its namespace is under its share (then up to HoldAt).
+	// admission, unless its namespace is under its share while others hold the rest
+	// (then up to the whole budget).
 	AdmitAt = 0.80
-	// HoldAt: above it, a fan-out waits, unless its namespace is under its share (then
-	// up to the whole budget).
+	// HoldAt: above it, a fan-out waits, unless its namespace is under its share while
+	// others hold the rest (then up to the whole budget).
 	HoldAt = 0.90
 )
 
@@ -49,6 +50,10 @@ type reservation struct {
 	at        time.Time
 	namespace string
 	cost      int64
+	// event is the WebhookEvent ("namespace/name") the bytes are for, if any: created
+	// (creates) or fanned out (fan-outs). A count that shows it so has them.
+	event  string
+	fanOut bool
 }
 
 // ReservationGrace is how long an admitted fan-out is counted on top of a count
@@ -88,19 +93,32 @@ func (g *Gate) usedBy(namespace string) int64 {
 	return n
 }
 
-// share is an equal share of the budget among the namespaces that hold bytes, the
-// asking one included.
+// share is an equal share of the budget among the namespaces that hold bytes or
+// were admitted some since the last count, the asking one included.
 func (g *Gate) share(namespace string) (int64, int) {
-	n := len(g.byNamespace)
-	if _, ok := g.byNamespace[namespace]; !ok {
-		n++
+	seen := map[string]bool{namespace: true}
+	for ns := range g.byNamespace {
+		seen[ns] = true
 	}
-	return g.max / int64(n), n
+	for _, r := range g.reserved {
+		seen[r.namespace] = true
+	}
+	return g.max / int64(len(seen)), len(seen)
 }
 
-// Observe replaces the estimate with a count read from the cache at takenAt: all
-// the bytes, the part events not fanned out take, and the bytes by namespace.
-func (g *Gate) Observe(bytes, unfanned int64, byNamespace map[string]int64, takenAt time.Time) {
+// Count is one count of the cache: all the bytes, the part events not fanned out
+// take, the bytes by namespace, and the events seen ("namespace/name": whether
+// fanned out).
+type Count struct {
+	Bytes, Unfanned int64
+	ByNamespace     map[string]int64
+	Events          map[string]bool
+}
+
+// Observe replaces the estimate with a count read from the cache at takenAt. What was
+// admitted before it is dropped once the count shows it, or after ReservationGrace.
+func (g *Gate) Observe(c Count, takenAt time.Time) {
+	bytes, unfanned, byNamespace := c.Bytes, c.Unfanned, c.ByNamespace
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.observed, g.unfanned = bytes, unfanned
@@ -112,7 +130,9 @@ func (g *Gate) Observe(bytes, unfanned int64, byNamespace map[string]int64, take
 	}
 	keep := g.reserved[:0]
 	for _, r := range g.reserved {
-		if r.at.After(takenAt.Add(-ReservationGrace)) {
+		fannedOut, seen := c.Events[r.event]
+		counted := r.event != "" && r.at.Before(takenAt) && seen && (fannedOut || !r.fanOut)
+		if !counted && r.at.After(takenAt.Add(-ReservationGrace)) {
 			keep = append(keep, r)
 		}
 	}
@@ -132,7 +152,7 @@ type Decision struct {
 // Explain says why work of the namespace waits, for a condition or a refusal.
 func (d Decision) Explain() string {
 	msg := fmt.Sprintf("hookline's objects take %s of its %s etcd budget (--max-etcd-bytes)", MiB(d.Used), MiB(d.Max))
-	if d.Namespaces > 1 {
+	if d.Namespaces > 1 && d.NamespaceUsed > d.Share {
 		msg += fmt.Sprintf("; namespace %s holds %s, over its fair share of %s (the budget shared by %d namespaces)",
 			d.Namespace, MiB(d.NamespaceUsed), MiB(d.Share), d.Namespaces)
 	}
@@ -144,27 +164,32 @@ func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // decide admits cost bytes of the namespace below level of the budget, or, for a
 // namespace under its share, below next; it reserves them when it admits.
-func (g *Gate) decide(namespace string, cost int64, level, next float64) Decision {
+func (g *Gate) decide(namespace string, cost int64, level, next float64, event string, fanOut bool) Decision {
 	used, nsUsed := g.used(), g.usedBy(namespace)
 	share, namespaces := g.share(namespace)
 	d := Decision{Used: used, Max: g.max, Namespace: namespace, NamespaceUsed: nsUsed, Share: share, Namespaces: namespaces}
 	fits := func(limit float64) bool { return float64(used+cost) <= limit*float64(g.max) }
-	if fits(level) || (nsUsed+cost <= share && fits(next)) {
+	// A namespace under its share goes on when others hold the rest: alone, a
+	// namespace stops at the level, which leaves room for the next one to come.
+	if fits(level) || (namespaces > 1 && nsUsed+cost <= share && fits(next)) {
 		d.Admitted = true
-		g.reserved = append(g.reserved, reservation{at: g.now(), namespace: namespace, cost: cost})
+		g.reserved = append(g.reserved, reservation{at: g.now(), namespace: namespace, cost: cost, event: event, fanOut: fanOut})
 	}
 	return d
 }
 
 // AdmitCreate decides on a new object of cost bytes in the namespace, at admission:
-// refused, its producer is told to retry.
-func (g *Gate) AdmitCreate(namespace string, cost int64) Decision {
+// refused, its producer is told to retry. event names it when it is a WebhookEvent.
+func (g *Gate) AdmitCreate(namespace, event string, cost int64) Decision {
 	if g.max <= 0 {
 		return Decision{Admitted: true}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.decide(namespace, cost, AdmitAt, HoldAt)
+	if event != "" {
+		event = namespace + "/" + event
+	}
+	return g.decide(namespace, cost, AdmitAt, 1, event, false)
 }
 
 // Admit decides on the fan-out of the event key ("namespace/name"), which adds cost
@@ -179,7 +204,7 @@ func (g *Gate) Admit(key string, cost int64) Decision {
 	// Events not fanned out count only up to AdmitAt here (see unfanned).
 	discount := max(g.unfanned-int64(AdmitAt*float64(g.max)), 0)
 	g.observed -= discount
-	d := g.decide(namespace, cost, HoldAt, 1)
+	d := g.decide(namespace, cost, HoldAt, 1, key, true)
 	g.observed += discount
 	if d.Admitted {
 		delete(g.held, key)

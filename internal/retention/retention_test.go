@@ -113,7 +113,7 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	g := NewGate(1000)
 	g.now = func() time.Time { return t0.Add(time.Second) }
 	// Two namespaces hold bytes: each has a share of 500.
-	g.Observe(800, 0, map[string]int64{"shop": 700, "other": 100}, t0)
+	g.Observe(Count{Bytes: 800, Unfanned: 0, ByNamespace: map[string]int64{"shop": 700, "other": 100}}, t0)
 	if !g.Admit("shop/a", 100).Admitted {
 		t.Fatal("900 of 1000 bytes (HoldAt) refused")
 	}
@@ -133,7 +133,7 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	if got := g.Release(); got != nil {
 		t.Fatalf("released %v while still full", got)
 	}
-	g.Observe(400, 0, map[string]int64{"shop": 300, "other": 100}, t0) // shop/a's and other/x's bytes, admitted after the count, still count
+	g.Observe(Count{Bytes: 400, Unfanned: 0, ByNamespace: map[string]int64{"shop": 300, "other": 100}}, t0) // shop/a's and other/x's bytes, admitted after the count, still count
 	if g.Used() != 550 {
 		t.Fatalf("used %d, want 550: reservations newer than the count are kept", g.Used())
 	}
@@ -145,11 +145,11 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	if g.Holding() != 0 || g.Release() != nil {
 		t.Fatal("a released event is still held")
 	}
-	g.Observe(450, 0, nil, t0.Add(time.Minute))
+	g.Observe(Count{Bytes: 450, Unfanned: 0, ByNamespace: nil}, t0.Add(time.Minute))
 	if g.Used() != 450 {
 		t.Fatalf("used %d, want 450: a count taken well after a reservation replaces it", g.Used())
 	}
-	if !NewGate(0).Admit("x/y", 1<<40).Admitted || !NewGate(0).AdmitCreate("x", 1<<40).Admitted {
+	if !NewGate(0).Admit("x/y", 1<<40).Admitted || !NewGate(0).AdmitCreate("x", "", 1<<40).Admitted {
 		t.Fatal("no budget refused")
 	}
 }
@@ -159,28 +159,31 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 func TestCreatesAreRefusedFromTheNamespaceOverItsShare(t *testing.T) {
 	g := NewGate(1000)
 	g.now = func() time.Time { return t0 }
-	g.Observe(790, 0, map[string]int64{"burst": 780, "steady": 10}, t0)
-	if d := g.AdmitCreate("burst", 20); d.Admitted || d.NamespaceUsed != 780 || d.Share != 500 || d.Namespaces != 2 {
+	g.Observe(Count{Bytes: 790, Unfanned: 0, ByNamespace: map[string]int64{"burst": 780, "steady": 10}}, t0)
+	if d := g.AdmitCreate("burst", "", 20); d.Admitted || d.NamespaceUsed != 780 || d.Share != 500 || d.Namespaces != 2 {
 		t.Fatalf("the namespace over its share: %+v", d)
 	}
-	d := g.AdmitCreate("burst", 20)
+	d := g.AdmitCreate("burst", "", 20)
 	if msg := d.Explain(); !strings.Contains(msg, "namespace burst holds 0.0 MiB") && !strings.Contains(msg, "namespace burst holds") {
 		t.Fatalf("explained as %q", msg)
 	}
-	if d := g.AdmitCreate("steady", 20); !d.Admitted {
+	if d := g.AdmitCreate("steady", "", 20); !d.Admitted {
 		t.Fatalf("the namespace under its share was refused: %+v", d)
 	}
-	if d := g.AdmitCreate("steady", 100); d.Admitted {
-		t.Fatalf("admitted beyond HoldAt: %+v", d)
+	if d := g.AdmitCreate("steady", "", 200); d.Admitted {
+		t.Fatalf("admitted beyond the whole budget: %+v", d)
 	}
-	// A namespace alone may use the whole share of creates, up to HoldAt.
+	// A namespace alone stops at AdmitAt, which leaves room for the next to come.
 	alone := NewGate(1000)
-	alone.Observe(850, 0, map[string]int64{"only": 850}, t0)
-	if d := alone.AdmitCreate("only", 40); !d.Admitted {
-		t.Fatalf("the only namespace was refused below HoldAt: %+v", d)
+	alone.Observe(Count{Bytes: 750, Unfanned: 0, ByNamespace: map[string]int64{"only": 750}}, t0)
+	if d := alone.AdmitCreate("only", "", 40); !d.Admitted {
+		t.Fatalf("the only namespace was refused below AdmitAt: %+v", d)
 	}
-	if d := alone.AdmitCreate("only", 40); d.Admitted || d.Namespaces != 1 || strings.Contains(d.Explain(), "share") {
-		t.Fatalf("the only namespace above HoldAt: %+v %q", d, d.Explain())
+	if d := alone.AdmitCreate("only", "", 40); d.Admitted || d.Namespaces != 1 || strings.Contains(d.Explain(), "share") {
+		t.Fatalf("the only namespace above AdmitAt: %+v %q", d, d.Explain())
+	}
+	if d := alone.AdmitCreate("newcomer", "", 40); !d.Admitted {
+		t.Fatalf("a newcomer was refused while one namespace holds the budget: %+v", d)
 	}
 }
 
@@ -188,8 +191,29 @@ func TestCreatesAreRefusedFromTheNamespaceOverItsShare(t *testing.T) {
 // fan-out shut: they count only up to AdmitAt there.
 func TestUnfannedEventsCannotShutFanOut(t *testing.T) {
 	g := NewGate(1000)
-	g.Observe(950, 950, map[string]int64{"flood": 950}, t0)
+	g.Observe(Count{Bytes: 950, Unfanned: 950, ByNamespace: map[string]int64{"flood": 950}}, t0)
 	if d := g.Admit("flood/e1", 50); !d.Admitted {
 		t.Fatalf("held with every byte an event not fanned out: %+v", d)
+	}
+}
+
+// What was admitted counts on top of a count until the count shows it: a created event
+// once the count has the event, a fan-out once the count has it fanned out.
+func TestAReservationCountsUntilACountShowsIt(t *testing.T) {
+	g := NewGate(1000)
+	g.now = func() time.Time { return t0 }
+	g.AdmitCreate("shop", "e1", 100)
+	g.Admit("shop/e2", 200)
+	g.Observe(Count{Bytes: 50, ByNamespace: map[string]int64{"shop": 50}, Events: map[string]bool{"shop/e2": false}}, t0.Add(10*time.Millisecond))
+	if g.Used() != 350 {
+		t.Fatalf("used %d, want 350: neither shows in the count as admitted", g.Used())
+	}
+	g.Observe(Count{Bytes: 150, ByNamespace: map[string]int64{"shop": 150}, Events: map[string]bool{"shop/e1": false, "shop/e2": false}}, t0.Add(20*time.Millisecond))
+	if g.Used() != 350 {
+		t.Fatalf("used %d, want 350: the created event is counted, its fan-out not yet", g.Used())
+	}
+	g.Observe(Count{Bytes: 350, ByNamespace: map[string]int64{"shop": 350}, Events: map[string]bool{"shop/e1": false, "shop/e2": true}}, t0.Add(30*time.Millisecond))
+	if g.Used() != 350 {
+		t.Fatalf("used %d, want 350: everything is in the count", g.Used())
 	}
 }
