@@ -19,6 +19,9 @@ var (
 	retainedBytesDesc = prometheus.NewDesc("hookline_retained_bytes",
 		"Estimated bytes the retained WebhookEvents and WebhookDeliveries take as etcd values: a measured size per object plus what varies (payload, responses, messages); an unfinished delivery counts at least as much as its history can grow to.",
 		nil, nil)
+	retainedByNamespaceDesc = prometheus.NewDesc("hookline_retained_bytes_by_namespace",
+		"hookline_retained_bytes by namespace: the budget is shared equally among the namespaces listed, and those over their share are held back first.",
+		[]string{"namespace"}, nil)
 	budgetBytesDesc = prometheus.NewDesc("hookline_etcd_budget_bytes",
 		"The ceiling on hookline_retained_bytes (--max-etcd-bytes; 0: none).", nil, nil)
 	heldEventsDesc = prometheus.NewDesc("hookline_fanout_held_events",
@@ -72,6 +75,7 @@ func (c *retainedCollector) publish(f *footprint, g *retention.Gate) {
 func (c *retainedCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- retainedObjectsDesc
 	ch <- retainedBytesDesc
+	ch <- retainedByNamespaceDesc
 	ch <- budgetBytesDesc
 	ch <- heldEventsDesc
 }
@@ -87,6 +91,9 @@ func (c *retainedCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(retainedObjectsDesc, prometheus.GaugeValue, float64(f.complete), "WebhookEvent", "Complete")
 	ch <- prometheus.MustNewConstMetric(retainedObjectsDesc, prometheus.GaugeValue, float64(f.inProgress), "WebhookEvent", "InProgress")
 	ch <- prometheus.MustNewConstMetric(retainedBytesDesc, prometheus.GaugeValue, float64(f.bytes))
+	for ns, n := range f.byNamespace {
+		ch <- prometheus.MustNewConstMetric(retainedByNamespaceDesc, prometheus.GaugeValue, float64(n), ns)
+	}
 	if g := c.gate.Load(); g != nil {
 		ch <- prometheus.MustNewConstMetric(budgetBytesDesc, prometheus.GaugeValue, float64(g.Max()))
 		ch <- prometheus.MustNewConstMetric(heldEventsDesc, prometheus.GaugeValue, float64(g.Holding()))

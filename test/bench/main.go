@@ -45,7 +45,7 @@ var (
 	reportPath = flag.String("report", "bin/bench-report.json", "where the JSON report goes")
 	parallel   = flag.Int("parallel", 16, "parallel clients creating objects")
 	scale      = flag.Float64("scale", 1, "multiply every object count (0.1 for a quick run)")
-	only       = flag.String("only", "", "run one part: soak or stores (default: everything)")
+	only       = flag.String("only", "", "run one part: soak, stores or budget (default: everything)")
 	cpuProfile = flag.String("cpuprofile", "bin/bench-manager-cpu.pprof", "where the manager's CPU profile during fanout-1 goes (empty: none)")
 )
 
@@ -71,6 +71,7 @@ type report struct {
 	Etcd     footprintResult   `json:"etcd"`
 	Soak     soakResult        `json:"soak"`
 	Stores   storesResult      `json:"stores"`
+	Budget   budgetResult      `json:"budget"`
 	Targets  map[string]string `json:"targets"`
 }
 
@@ -130,6 +131,11 @@ func run() error {
 		return finish(rep)
 	case "stores":
 		if err := runStores(ctx, env, kubeconfig, work, &rep.Stores); err != nil {
+			return err
+		}
+		return finish(rep)
+	case "budget":
+		if err := runBudget(ctx, benchKubeconfig(work), work, &rep.Budget); err != nil {
 			return err
 		}
 		return finish(rep)
@@ -247,6 +253,10 @@ func run() error {
 		return err
 	}
 	if err := soak(ctx, env, kubeconfig, work, rep); err != nil {
+		return err
+	}
+	fmt.Println("budget: the etcd store's promises with the shipped defaults, the admission webhook on")
+	if err := runBudget(ctx, benchKubeconfig(work), work, &rep.Budget); err != nil {
 		return err
 	}
 	fmt.Println("stores: the etcd store and the PostgreSQL store on the same scenarios")
@@ -922,6 +932,7 @@ func judge(rep *report) {
 	}
 	judgeSoak(rep, met)
 	judgeStores(rep, met)
+	judgeBudget(rep, met)
 	if len(rep.Runs) == 0 {
 		return
 	}
@@ -970,6 +981,7 @@ func print(rep *report) {
 	}
 	printSoak(rep)
 	printStores(rep.Stores)
+	printBudget(rep.Budget)
 	fmt.Printf("\nmemory: after the scenarios (%d finished deliveries retained) peak RSS %.0f MiB, heap in use %.0f MiB\n",
 		rep.Memory.RetainedDeliveries, rep.Memory.PeakRSSMiB, rep.Memory.HeapInuseMiB)
 	fmt.Printf("memory: a manager started on %d finished deliveries: peak RSS %.0f MiB, heap in use %.0f MiB\n",
@@ -989,4 +1001,15 @@ func print(rep *report) {
 
 func clientConfig(kubeconfig string) (*rest.Config, error) {
 	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// benchKubeconfig writes an administrator's kubeconfig for a control plane.
+func benchKubeconfig(work string) func(*testenv.Env) (string, error) {
+	return func(env *testenv.Env) (string, error) {
+		dir, err := os.MkdirTemp(work, "kubeconfig-")
+		if err != nil {
+			return "", err
+		}
+		return env.Kubeconfig(dir, "bench", "system:masters")
+	}
 }
