@@ -22,12 +22,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hooklinev1 "github.com/hookline/hookline/api/v1alpha1"
 	"github.com/hookline/hookline/internal/conditions"
+	"github.com/hookline/hookline/internal/fairqueue"
 	"github.com/hookline/hookline/internal/payload"
 	"github.com/hookline/hookline/internal/retention"
 	pgstore "github.com/hookline/hookline/internal/store/postgres"
@@ -48,6 +48,8 @@ type EventReconciler struct {
 	Queue *pgstore.Queue
 	// wakeups carries the held events the pruner releases when room is made.
 	wakeups chan event.GenericEvent
+	// turns serves the namespaces in turn.
+	turns *fairqueue.Turns
 	// MaxConcurrent is the number of events reconciled at once.
 	MaxConcurrent int
 
@@ -66,7 +68,16 @@ const progressInterval = time.Second
 // +kubebuilder:rbac:groups=hookline.dev,resources=webhookdeliveries,verbs=get;list;watch;create;delete
 
 // Reconcile fans out once, then counts.
-func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+func (r *EventReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
+	if r.turns != nil { // nil: run by hand (tests), not by the controller
+		r.turns.Started(req.NamespacedName)
+		defer func() {
+			if result.RequeueAfter > 0 {
+				p := r.turns.Later()
+				result.Priority = &p
+			}
+		}()
+	}
 	var ev hooklinev1.WebhookEvent
 	if err := r.Get(ctx, req.NamespacedName, &ev); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -382,13 +393,33 @@ func (r *EventReconciler) wake(key string) {
 }
 
 // SetupWithManager watches events, the deliveries they own, and the held events the
-// pruner releases.
+// pruner releases. Namespaces take turns in the work queue: one namespace's burst
+// (of large events, say) takes one turn each round, so another namespace's next event
+// is not queued behind all of it.
 func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.turns == nil {
+		r.turns = fairqueue.NewTurns()
+	}
+	inTurn := fairqueue.Handler{Turns: r.turns, Route: eventOf}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&hooklinev1.WebhookEvent{}).
-		Owns(&hooklinev1.WebhookDelivery{}).
-		WatchesRawSource(source.Channel(r.wakeups, &handler.EnqueueRequestForObject{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
 		Named("webhookevent").
+		Watches(&hooklinev1.WebhookEvent{}, inTurn).
+		Watches(&hooklinev1.WebhookDelivery{}, inTurn).
+		WatchesRawSource(source.Channel(r.wakeups, inTurn)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrent, 1)}).
 		Complete(r)
+}
+
+// eventOf routes an event to itself and a delivery to the event that owns it, each in
+// its namespace's turn.
+func eventOf(obj client.Object) (types.NamespacedName, string, bool) {
+	switch o := obj.(type) {
+	case *hooklinev1.WebhookEvent:
+		return types.NamespacedName{Namespace: o.Namespace, Name: o.Name}, o.Namespace, true
+	case *hooklinev1.WebhookDelivery:
+		if owner := metav1.GetControllerOf(o); owner != nil && owner.Kind == "WebhookEvent" {
+			return types.NamespacedName{Namespace: o.Namespace, Name: owner.Name}, o.Namespace, true
+		}
+	}
+	return types.NamespacedName{}, "", false
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -76,6 +78,8 @@ type Pruner struct {
 	// object): the walks leave them out of their plans but count them until gone.
 	deleting sync.Map
 	work     chan pruneJob
+	// pace spreads the deletes over a walk's interval (see paceDeletes).
+	pace *rate.Limiter
 	// archiveFailing: the last archive write failed (logged once per outage);
 	// archiveDroppedAt: when the archive's retention last ran.
 	archiveFailing   bool
@@ -104,12 +108,17 @@ func (p *Pruner) Start(ctx context.Context) error {
 	// refreshed every interval however long the deletes take: when they fall behind,
 	// what they have not deleted yet still counts, and the gate holds fan-out back.
 	p.work = make(chan pruneJob, pruneQueue)
+	p.pace = rate.NewLimiter(rate.Inf, 1)
 	var workers sync.WaitGroup
 	defer workers.Wait()
 	defer close(p.work)
 	for range pruneWorkers {
 		workers.Go(func() {
 			for job := range p.work {
+				if err := p.pace.Wait(ctx); err != nil {
+					p.deleting.Delete(job.objects.uid())
+					continue // stopping
+				}
 				if err := p.deleteUnit(ctx, job.objects, job.reason); err != nil && ctx.Err() == nil {
 					logf.FromContext(ctx).Error(err, "prune", "unit", job.objects.key())
 				}
@@ -129,6 +138,24 @@ func (p *Pruner) Start(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// paceDeletes spreads what is queued for deletion over the next interval, so that the
+// deletes retention by age and count asks for come as a steady stream, not a burst
+// every walk that the deliveries' own writes queue behind. Under pressure on the byte
+// budget (pruning by bytes, or fan-outs held) they go at once.
+func (p *Pruner) paceDeletes(fp *footprint) {
+	interval := p.Retention.Interval
+	if interval <= 0 {
+		interval = DefaultPruneInterval
+	}
+	pressed := p.Retention.MaxBytes > 0 && (float64(fp.bytes) > retention.PruneStart*float64(p.Retention.MaxBytes) || p.Gate.Holding() > 0)
+	if pressed {
+		p.pace.SetLimit(rate.Inf)
+		return
+	}
+	// A little faster than the interval, so that the queue is empty before the next walk.
+	p.pace.SetLimit(rate.Limit(max(float64(len(p.work))*1.25/interval.Seconds(), 1)))
 }
 
 // unitObjects are the objects of one retention unit, deleted together.
@@ -183,6 +210,7 @@ func (p *Pruner) walk(ctx context.Context) error {
 		p.deleting.Store(job.objects.uid(), struct{}{})
 		p.work <- job
 	}
+	p.paceDeletes(fp)
 	p.expireArchive(ctx)
 	// Everything still in the cache counts, the units queued for deletion and the
 	// events not fanned out yet included.

@@ -83,17 +83,27 @@ func (f *Turns) Started(req types.NamespacedName) {
 // priorityOf maps a tag to a queue priority: a smaller tag goes first.
 func priorityOf(tag int64) int { return int(-tag) }
 
-// Handler enqueues deliveries with their endpoint's turn.
+// Handler enqueues deliveries with their endpoint's turn, or, with Route, any object
+// with the turn Route names.
 type Handler struct {
 	Turns *Turns
 	// EndpointOf finds the endpoint of a delivery known by name only (a wakeup).
 	EndpointOf func(ctx context.Context, req types.NamespacedName) string
+	// Route, when set, names the request an object enqueues and whose turn it takes
+	// (the event controller: an event, or a delivery's owner event, in its
+	// namespace's turn); ok false enqueues nothing.
+	Route func(obj client.Object) (req types.NamespacedName, turn string, ok bool)
 }
 
 func (h Handler) add(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	req := types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}
 	endpoint := ""
-	if d, ok := obj.(*hooklinev1.WebhookDelivery); ok && d.Spec.EndpointRef.Name != "" {
+	if h.Route != nil {
+		var ok bool
+		if req, endpoint, ok = h.Route(obj); !ok {
+			return
+		}
+	} else if d, ok := obj.(*hooklinev1.WebhookDelivery); ok && d.Spec.EndpointRef.Name != "" {
 		endpoint = d.Namespace + "/" + d.Spec.EndpointRef.Name
 	} else if h.EndpointOf != nil {
 		endpoint = h.EndpointOf(ctx, req)

@@ -181,8 +181,8 @@ func runBudget(ctx context.Context, kubeconfigFor func(*testenv.Env) (string, er
 	go func() {
 		defer close(sampled)
 		_ = wait.PollUntilContextCancel(sampling, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-			if _, bytes, err := etcd.ValueBytes(ctx, "/registry/hookline.dev/"); err == nil && int64(bytes) > peak.Load() {
-				peak.Store(int64(bytes))
+			if deliveries, events, err := etcd.NamespaceValueBytes(ctx, "budget-small"); err == nil && int64(deliveries+events) > peak.Load() {
+				peak.Store(int64(deliveries + events))
 			}
 			return false, nil
 		})

@@ -102,9 +102,10 @@ type Outcome struct {
 type Queue struct {
 	pool *pgxpool.Pool
 	// relaxed commits without waiting for the WAL to reach the disk: claims and
-	// outcomes. A PostgreSQL crash may lose the last of them; a lost claim is claimed
-	// again, a lost outcome is sent again when its lease ends (at least once, never
-	// lost). Publishing waits for the disk: an acknowledged event is never lost.
+	// heartbeats, on every delivery's path. A PostgreSQL crash may lose the last of
+	// them; a lost claim is simply claimed again. Publishing and outcomes wait for the
+	// disk (outcomes in group commits, off the delivery's path): an acknowledged event
+	// is never lost, and a recorded outcome stays recorded.
 	relaxed *pgxpool.Pool
 	dsn     string
 	days    *pgdays.Partitions
@@ -245,7 +246,7 @@ var ErrLeaseLost = errors.New("the claim's lease ended before its outcome was wr
 // returns, per outcome, nil or ErrLeaseLost.
 func (q *Queue) Record(ctx context.Context, owner string, outcomes []Outcome) ([]error, error) {
 	results := make([]error, len(outcomes))
-	err := pgx.BeginFunc(ctx, q.relaxed, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		for _, o := range outcomes {
 			var attempt []byte
