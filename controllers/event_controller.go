@@ -410,15 +410,22 @@ func (r *EventReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// eventOf routes an event to itself and a delivery to the event that owns it, each in
-// its namespace's turn.
+// eventOf routes an event not fanned out yet to itself, in its namespace's turn, and
+// anything else (an event's later changes, a delivery's, to the event that owns it)
+// as bookkeeping: counting what deliveries did waits behind the
+// fan-out of new events, which a burst's thousands of counts would otherwise delay
+// by seconds.
 func eventOf(obj client.Object) (types.NamespacedName, string, bool) {
 	switch o := obj.(type) {
 	case *hooklinev1.WebhookEvent:
-		return types.NamespacedName{Namespace: o.Namespace, Name: o.Name}, o.Namespace, true
+		turn := o.Namespace
+		if o.FannedOut() {
+			turn = "" // its own status write, or a later change: bookkeeping too
+		}
+		return types.NamespacedName{Namespace: o.Namespace, Name: o.Name}, turn, true
 	case *hooklinev1.WebhookDelivery:
 		if owner := metav1.GetControllerOf(o); owner != nil && owner.Kind == "WebhookEvent" {
-			return types.NamespacedName{Namespace: o.Namespace, Name: owner.Name}, o.Namespace, true
+			return types.NamespacedName{Namespace: o.Namespace, Name: owner.Name}, "", true
 		}
 	}
 	return types.NamespacedName{}, "", false

@@ -5,6 +5,7 @@ package fairqueue
 
 import (
 	"context"
+	"math"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -91,9 +92,14 @@ type Handler struct {
 	EndpointOf func(ctx context.Context, req types.NamespacedName) string
 	// Route, when set, names the request an object enqueues and whose turn it takes
 	// (the event controller: an event, or a delivery's owner event, in its
-	// namespace's turn); ok false enqueues nothing.
+	// namespace's turn); ok false enqueues nothing. A request routed with an empty
+	// turn is bookkeeping: it waits behind every turn (Bookkeeping).
 	Route func(obj client.Object) (req types.NamespacedName, turn string, ok bool)
 }
+
+// Bookkeeping is the priority of work that waits behind every turn: an event's counts
+// as its deliveries change wait behind the fan-out of new events.
+const Bookkeeping = math.MinInt32
 
 func (h Handler) add(ctx context.Context, obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	req := types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}
@@ -108,7 +114,10 @@ func (h Handler) add(ctx context.Context, obj client.Object, q workqueue.TypedRa
 	} else if h.EndpointOf != nil {
 		endpoint = h.EndpointOf(ctx, req)
 	}
-	priority := h.Turns.queue(req, endpoint)
+	priority := Bookkeeping
+	if h.Route == nil || endpoint != "" {
+		priority = h.Turns.queue(req, endpoint)
+	}
 	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
 		pq.AddWithOpts(priorityqueue.AddOpts{Priority: &priority}, reconcile.Request{NamespacedName: req})
 		return
