@@ -152,6 +152,34 @@ func (p *producer) publish(ctx context.Context, ev *hooklinev1.WebhookEvent) err
 	}
 }
 
+// publishAll publishes count events named prefix-NNNN in ns from 8 clients at once, in
+// the background; the channel says how it went.
+func (p *producer) publishAll(ctx context.Context, ns, prefix string, count int, payload string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, count)
+		sem := make(chan struct{}, 8)
+		for i := range count {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := p.publish(ctx, newEvent(ns, fmt.Sprintf("%s-%04d", prefix, i), "order.created", payload)); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		var all []error
+		for err := range errs {
+			all = append(all, err)
+		}
+		done <- errors.Join(all...)
+	}()
+	return done
+}
+
 // slowReceiver answers after a delay and counts the distinct messages it got.
 type slowReceiver struct {
 	delay time.Duration
@@ -195,30 +223,7 @@ func TestProducersFasterThanDeliveryAreHeldAtTheDoor(t *testing.T) {
 	const events = 600
 	p := r.producer(t)
 	payload := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 2000))
-	published := make(chan error, 1)
-	go func() {
-		var wg sync.WaitGroup
-		errs := make(chan error, events)
-		sem := make(chan struct{}, 8)
-		for i := range events {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				if err := p.publish(ctx, newEvent(ns, fmt.Sprintf("e-%04d", i), "order.created", payload)); err != nil {
-					errs <- err
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		published <- errors.Join(func() []error {
-			var all []error
-			for err := range errs {
-				all = append(all, err)
-			}
-			return all
-		}()...)
-	}()
+	published := p.publishAll(ctx, ns, "e", events, payload)
 	etcd := r.env.Etcd()
 	var peak int64
 	done := false
@@ -271,26 +276,7 @@ func TestANamespaceOverItsShareIsHeldAndTheOthersFlow(t *testing.T) {
 	pA, pB := r.producer(t), r.producer(t)
 	const burst, steady = 300, 20
 	big := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 20_000))
-	burstDone := make(chan error, 1)
-	go func() {
-		var wg sync.WaitGroup
-		var failed atomic.Pointer[error]
-		sem := make(chan struct{}, 8)
-		for i := range burst {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				if err := pA.publish(ctx, newEvent("tenant-a", fmt.Sprintf("a-%04d", i), "order.created", big)); err != nil {
-					failed.Store(&err)
-				}
-			})
-		}
-		wg.Wait()
-		if err := failed.Load(); err != nil {
-			burstDone <- *err
-		}
-		close(burstDone)
-	}()
+	burstDone := pA.publishAll(ctx, "tenant-a", "a", burst, big)
 	// B publishes once A is being refused.
 	eventually(t, 60*time.Second, "tenant A refused at the door", func(context.Context) (bool, string, error) {
 		return pA.refusals.Load() > 0, fmt.Sprintf("%d published", pA.published.Load()), nil

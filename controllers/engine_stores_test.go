@@ -60,21 +60,18 @@ func (s *scriptedReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(a.code)
 }
 
-// The delivery engine's rules, run against both stores on the same cases: retries
-// with the same webhook-id and body, Retry-After, exhausted after maxAttempts, 410
-// Gone. Signing, the state machine and the retry schedule are the same code; this
-// shows the stores record the same fates.
-func TestEngineRulesAreTheSameOnBothStores(t *testing.T) {
-	testenv.Needs(t)
-	t.Parallel()
+// bothStores starts a manager on each store, the etcd store's in kubeNS and the
+// PostgreSQL store's in pgNS, both configured by conf, and says how to read a
+// delivery's fate and retry it in each.
+func bothStores(t *testing.T, conf func() Config, kubeNS, pgNS string) []storeUnderTest {
+	t.Helper()
 	ctx := context.Background()
 	q := startQueue(t)
-	kubeNS, pgNS := "own-22", "own-23"
-	ownNamespace(t, kubeNS, testConfig())
-	pgConf := testConfig()
+	ownNamespace(t, kubeNS, conf())
+	pgConf := conf()
 	pgConf.Queue = q
 	ownNamespace(t, pgNS, pgConf)
-	stores := []storeUnderTest{
+	return []storeUnderTest{
 		{name: "kubernetes", ns: kubeNS, fate: func(ctx context.Context, event, endpoint string) (fate, bool, error) {
 			var d hooklinev1.WebhookDelivery
 			if err := k8s.Get(ctx, key(kubeNS, deliveryName(event, endpoint)), &d); err != nil {
@@ -90,9 +87,7 @@ func TestEngineRulesAreTheSameOnBothStores(t *testing.T) {
 			if err := k8s.Get(ctx, key(kubeNS, deliveryName(event, endpoint)), &d); err != nil {
 				t.Fatal(err)
 			}
-			patched(t, &d, func(o *hooklinev1.WebhookDelivery) {
-				o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "again"}
-			})
+			patched(t, &d, func(o *hooklinev1.WebhookDelivery) { o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "again"} })
 		}},
 		{name: "postgres", ns: pgNS, fate: func(ctx context.Context, event, endpoint string) (fate, bool, error) {
 			ds, err := q.Deliveries(ctx, pgNS, 1000)
@@ -108,6 +103,17 @@ func TestEngineRulesAreTheSameOnBothStores(t *testing.T) {
 			}
 		}},
 	}
+}
+
+// The delivery engine's rules, run against both stores on the same cases: retries
+// with the same webhook-id and body, Retry-After, exhausted after maxAttempts, 410
+// Gone. Signing, the state machine and the retry schedule are the same code; this
+// shows the stores record the same fates.
+func TestEngineRulesAreTheSameOnBothStores(t *testing.T) {
+	testenv.Needs(t)
+	t.Parallel()
+	ctx := context.Background()
+	stores := bothStores(t, testConfig, "own-22", "own-23")
 	fast := []metav1.Duration{{Duration: 100 * time.Millisecond}}
 	cases := []struct {
 		name      string
@@ -286,47 +292,16 @@ func TestBlockedAddressIsTheSameOnBothStores(t *testing.T) {
 		conf.Sender = delivery.NewClient(delivery.Options{AllowInsecureHTTP: true, AllowPrivateNetworks: false, UserAgent: "hookline/test"})
 		return conf
 	}
-	q := startQueue(t)
-	kubeNS, pgNS := "own-25", "own-26"
-	ownNamespace(t, kubeNS, guarded())
-	pgConf := guarded()
-	pgConf.Queue = q
-	ownNamespace(t, pgNS, pgConf)
+	stores := bothStores(t, guarded, "own-25", "own-26")
 	recv := newReceiver(t)
 	port := recv.URL[strings.LastIndex(recv.URL, ":"):]
-	fates := map[string]func(ctx context.Context) (fate, bool, error){
-		kubeNS: func(ctx context.Context) (fate, bool, error) {
-			var d hooklinev1.WebhookDelivery
-			if err := k8s.Get(ctx, key(kubeNS, deliveryName("e-internal", "internal")), &d); err != nil {
-				return fate{}, false, nil
-			}
-			f := fate{phase: string(d.Status.Phase), attempts: d.Status.Attempts}
-			if c := meta.FindStatusCondition(d.Status.Conditions, hooklinev1.ConditionSucceeded); c != nil {
-				f.reason = c.Reason
-			}
-			return f, d.Status.Phase.Finished(), nil
-		},
-		pgNS: func(ctx context.Context) (fate, bool, error) {
-			ds, err := q.Deliveries(ctx, pgNS, 10)
-			for _, d := range ds {
-				return fate{phase: d.State, attempts: d.Attempts, reason: d.Reason}, d.FinishedAt != nil, err
-			}
-			return fate{}, false, err
-		},
-	}
-	for ns, fateOf := range fates {
+	for _, s := range stores {
 		// A name that resolves to loopback: the guard judges the address dialled.
-		activeEndpoint(t, newEndpoint(ns, "internal", "http://localhost"+port+"/", "*"))
-		createAll(ctx, t, newEvent(ns, "e-internal", "order.created", `{"n":1}`))
-		var got fate
-		eventually(t, 20*time.Second, ns+": blocked", func(ctx context.Context) (bool, string, error) {
-			f, done, err := fateOf(ctx)
-			got = f
-			return done, fmt.Sprintf("%+v", f), err
-		})
+		activeEndpoint(t, newEndpoint(s.ns, "internal", "http://localhost"+port+"/", "*"))
+		createAll(ctx, t, newEvent(s.ns, "e-internal", "order.created", `{"n":1}`))
 		want := fate{string(hooklinev1.PhaseFailed), 1, hooklinev1.ReasonBlockedAddress}
-		if got != want {
-			t.Errorf("%s: %+v, want %+v", ns, got, want)
+		if got := waitFate(t, s, "e-internal", "internal"); got != want {
+			t.Errorf("%s store: %+v, want %+v", s.name, got, want)
 		}
 	}
 	if n := len(recv.got()); n != 0 {
