@@ -294,8 +294,15 @@ func TestANamespaceOverItsShareIsHeldAndTheOthersFlow(t *testing.T) {
 	r.mu.Lock()
 	refusedB := r.refused["tenant-b"]
 	r.mu.Unlock()
-	if len(refusedB) != 0 {
-		t.Errorf("tenant B, under its share, was refused %d times: %v", len(refusedB), refusedB)
+	// B may meet the whole budget full for a moment (the estimate counts what is
+	// admitted until a count shows it), never its share; A is refused throughout.
+	if len(refusedB) > 2 || pA.refusals.Load() < 50 {
+		t.Errorf("tenant B, under its share, was refused %d times (%v); tenant A %d times", len(refusedB), refusedB, pA.refusals.Load())
+	}
+	for _, why := range refusedB {
+		if strings.Contains(why, "namespace tenant-b holds") {
+			t.Errorf("tenant B was refused for its share: %s", why)
+		}
 	}
 	if aWhenBDone >= burst {
 		t.Fatalf("tenant A's burst was all delivered (%d) before B's last: the test did not hold A", aWhenBDone)

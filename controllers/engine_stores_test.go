@@ -87,7 +87,9 @@ func bothStores(t *testing.T, conf func() Config, kubeNS, pgNS string) []storeUn
 			if err := k8s.Get(ctx, key(kubeNS, deliveryName(event, endpoint)), &d); err != nil {
 				t.Fatal(err)
 			}
-			patched(t, &d, func(o *hooklinev1.WebhookDelivery) { o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "again"} })
+			patched(t, &d, func(o *hooklinev1.WebhookDelivery) {
+				o.Annotations = map[string]string{hooklinev1.AnnotationRetry: "again"}
+			})
 		}},
 		{name: "postgres", ns: pgNS, fate: func(ctx context.Context, event, endpoint string) (fate, bool, error) {
 			ds, err := q.Deliveries(ctx, pgNS, 1000)
