@@ -174,8 +174,7 @@ func (r *EventReconciler) admit(ctx context.Context, ev *hooklinev1.WebhookEvent
 	if n == 0 {
 		return true
 	}
-	// The event's own bytes count until a walk of the cache shows it.
-	d := r.Gate.Admit(ev.Namespace+"/"+ev.Name, eventBytes(ev)+int64(n)*liveDeliveryBytes)
+	d := r.Gate.Admit(ev.Namespace+"/"+ev.Name, eventBytes(ev), int64(n)*liveDeliveryBytes)
 	if d.Admitted {
 		return true
 	}

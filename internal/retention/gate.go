@@ -39,7 +39,9 @@ type Gate struct {
 	// webhook was off cannot keep every fan-out waiting.
 	unfanned    int64
 	byNamespace map[string]int64
-	reserved    []reservation
+	// seen are the events the last count saw.
+	seen     map[string]bool
+	reserved []reservation
 	// waiting holds the held events' keys by namespace, oldest first; held, their
 	// costs.
 	waiting map[string][]string
@@ -121,7 +123,7 @@ func (g *Gate) Observe(c Count, takenAt time.Time) {
 	bytes, unfanned, byNamespace := c.Bytes, c.Unfanned, c.ByNamespace
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.observed, g.unfanned = bytes, unfanned
+	g.observed, g.unfanned, g.seen = bytes, unfanned, c.Events
 	g.byNamespace = map[string]int64{}
 	for ns, n := range byNamespace {
 		if n > 0 {
@@ -193,14 +195,19 @@ func (g *Gate) AdmitCreate(namespace, event string, cost int64) Decision {
 }
 
 // Admit decides on the fan-out of the event key ("namespace/name"), which adds cost
-// bytes. A held event is remembered until Release hands it back.
-func (g *Gate) Admit(key string, cost int64) Decision {
+// bytes, and the event's own eventBytes unless they are counted already (the last
+// count saw the event, or its create was admitted since). A held event is remembered
+// until Release hands it back.
+func (g *Gate) Admit(key string, eventBytes, cost int64) Decision {
 	if g.max <= 0 {
 		return Decision{Admitted: true}
 	}
 	namespace, _, _ := strings.Cut(key, "/")
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if !g.counted(key) {
+		cost += eventBytes
+	}
 	// Events not fanned out count only up to AdmitAt here (see unfanned).
 	discount := max(g.unfanned-int64(AdmitAt*float64(g.max)), 0)
 	g.observed -= discount
@@ -215,6 +222,19 @@ func (g *Gate) Admit(key string, cost int64) Decision {
 	}
 	g.held[key] = cost
 	return d
+}
+
+// counted reports whether the event's own bytes are in the estimate.
+func (g *Gate) counted(key string) bool {
+	if _, seen := g.seen[key]; seen {
+		return true
+	}
+	for _, r := range g.reserved {
+		if r.event == key && !r.fanOut {
+			return true
+		}
+	}
+	return false
 }
 
 // Holding is the number of events waiting for room.

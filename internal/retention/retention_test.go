@@ -114,17 +114,17 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	g.now = func() time.Time { return t0.Add(time.Second) }
 	// Two namespaces hold bytes: each has a share of 500.
 	g.Observe(Count{Bytes: 800, Unfanned: 0, ByNamespace: map[string]int64{"shop": 700, "other": 100}}, t0)
-	if !g.Admit("shop/a", 100).Admitted {
+	if !g.Admit("shop/a", 0, 100).Admitted {
 		t.Fatal("900 of 1000 bytes (HoldAt) refused")
 	}
-	if g.Admit("shop/b", 1).Admitted || g.Admit("shop/c", 1).Admitted || g.Admit("shop/b", 1).Admitted {
+	if g.Admit("shop/b", 0, 1).Admitted || g.Admit("shop/c", 0, 1).Admitted || g.Admit("shop/b", 0, 1).Admitted {
 		t.Fatal("admitted above HoldAt for a namespace over its share")
 	}
 	// A namespace under its share goes on up to the whole budget.
-	if d := g.Admit("other/x", 50); !d.Admitted {
+	if d := g.Admit("other/x", 0, 50); !d.Admitted {
 		t.Fatalf("a namespace under its share was held: %+v", d)
 	}
-	if d := g.Admit("other/y", 100); d.Admitted {
+	if d := g.Admit("other/y", 0, 100); d.Admitted {
 		t.Fatalf("admitted beyond the whole budget: %+v", d)
 	}
 	if g.Holding() != 3 {
@@ -149,7 +149,7 @@ func TestGateHoldsAndReleasesInOrder(t *testing.T) {
 	if g.Used() != 450 {
 		t.Fatalf("used %d, want 450: a count taken well after a reservation replaces it", g.Used())
 	}
-	if !NewGate(0).Admit("x/y", 1<<40).Admitted || !NewGate(0).AdmitCreate("x", "", 1<<40).Admitted {
+	if !NewGate(0).Admit("x/y", 0, 1<<40).Admitted || !NewGate(0).AdmitCreate("x", "", 1<<40).Admitted {
 		t.Fatal("no budget refused")
 	}
 }
@@ -192,7 +192,7 @@ func TestCreatesAreRefusedFromTheNamespaceOverItsShare(t *testing.T) {
 func TestUnfannedEventsCannotShutFanOut(t *testing.T) {
 	g := NewGate(1000)
 	g.Observe(Count{Bytes: 950, Unfanned: 950, ByNamespace: map[string]int64{"flood": 950}}, t0)
-	if d := g.Admit("flood/e1", 50); !d.Admitted {
+	if d := g.Admit("flood/e1", 0, 50); !d.Admitted {
 		t.Fatalf("held with every byte an event not fanned out: %+v", d)
 	}
 }
@@ -203,7 +203,7 @@ func TestAReservationCountsUntilACountShowsIt(t *testing.T) {
 	g := NewGate(1000)
 	g.now = func() time.Time { return t0 }
 	g.AdmitCreate("shop", "e1", 100)
-	g.Admit("shop/e2", 200)
+	g.Admit("shop/e2", 0, 200)
 	g.Observe(Count{Bytes: 50, ByNamespace: map[string]int64{"shop": 50}, Events: map[string]bool{"shop/e2": false}}, t0.Add(10*time.Millisecond))
 	if g.Used() != 350 {
 		t.Fatalf("used %d, want 350: neither shows in the count as admitted", g.Used())
@@ -215,5 +215,24 @@ func TestAReservationCountsUntilACountShowsIt(t *testing.T) {
 	g.Observe(Count{Bytes: 350, ByNamespace: map[string]int64{"shop": 350}, Events: map[string]bool{"shop/e1": false, "shop/e2": true}}, t0.Add(30*time.Millisecond))
 	if g.Used() != 350 {
 		t.Fatalf("used %d, want 350: everything is in the count", g.Used())
+	}
+}
+
+// A fan-out adds its event's own bytes only when nothing counts them yet.
+func TestAFanOutCountsItsEventOnce(t *testing.T) {
+	g := NewGate(10000)
+	g.Observe(Count{Bytes: 100, ByNamespace: map[string]int64{"shop": 100}, Events: map[string]bool{"shop/seen": false}}, t0)
+	g.Admit("shop/seen", 100, 40)
+	if g.Used() != 140 {
+		t.Fatalf("used %d, want 140: the counted event's bytes added again", g.Used())
+	}
+	g.AdmitCreate("shop", "created", 100)
+	g.Admit("shop/created", 100, 40)
+	if g.Used() != 280 {
+		t.Fatalf("used %d, want 280: the admitted event's bytes added again", g.Used())
+	}
+	g.Admit("shop/unknown", 100, 40)
+	if g.Used() != 420 {
+		t.Fatalf("used %d, want 420: an event nothing counted must bring its bytes", g.Used())
 	}
 }
