@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -68,13 +67,11 @@ func runBudget(ctx context.Context, kubeconfigFor func(*testenv.Env) (string, er
 	if err != nil {
 		return err
 	}
-	recv := newReceiver()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	recv, base, stopReceiver, err := serveReceiver()
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	go func() { _ = http.Serve(ln, recv) }()
+	defer stopReceiver()
 	_, port, certDir := env.WebhookServing()
 	webhook := []string{"--admission-webhook=cert-manager", fmt.Sprintf("--webhook-port=%d", port), "--webhook-cert-dir=" + certDir}
 	start := func(namespaces []string, extra ...string) (*budgetRun, error) {
@@ -82,7 +79,7 @@ func runBudget(ctx context.Context, kubeconfigFor func(*testenv.Env) (string, er
 		if err != nil {
 			return nil, err
 		}
-		return &budgetRun{env: env, mgr: mgr, recv: recv, base: "http://" + ln.Addr().String(), created: map[string]time.Time{}}, nil
+		return &budgetRun{env: env, mgr: mgr, recv: recv, base: base, created: map[string]time.Time{}}, nil
 	}
 
 	// 1. Steady latency with the shipped retention at work.

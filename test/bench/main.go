@@ -146,13 +146,11 @@ func run() error {
 		return err
 	}
 
-	recv := newReceiver()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	recv, base, stopReceiver, err := serveReceiver()
 	if err != nil {
 		return err
 	}
-	go func() { _ = http.Serve(ln, recv) }()
-	base := "http://" + ln.Addr().String()
+	defer stopReceiver()
 
 	scenarios := []struct {
 		name              string
@@ -405,6 +403,18 @@ type receiver struct {
 
 func newReceiver() *receiver {
 	return &receiver{first: map[string]time.Time{}, seen: map[string]int{}, failOnce: map[string]bool{}}
+}
+
+// serveReceiver starts a receiver on loopback and returns it with its base URL; stop
+// closes its listener.
+func serveReceiver() (recv *receiver, base string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	recv = newReceiver()
+	go func() { _ = http.Serve(ln, recv) }()
+	return recv, "http://" + ln.Addr().String(), func() { _ = ln.Close() }, nil
 }
 
 func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -72,14 +70,11 @@ func runStores(ctx context.Context, env *testenv.Env, kubeconfig, work string, o
 	if err := os.WriteFile(dsnFile, []byte(pg.DSN), 0o600); err != nil {
 		return err
 	}
-	recv := newReceiver()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	recv, base, stopReceiver, err := serveReceiver()
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	go func() { _ = http.Serve(ln, recv) }()
-	base := "http://" + ln.Addr().String()
+	defer stopReceiver()
 
 	for _, store := range []string{"kubernetes", "postgres"} {
 		var namespaces []string
