@@ -58,9 +58,16 @@ type reservation struct {
 	fanOut bool
 }
 
-// ReservationGrace is how long an admitted fan-out is counted on top of a count
-// taken after it: the time the cache may take to show its deliveries.
+// ReservationGrace is how long what was admitted is counted on top of a count taken
+// after it, when nothing names it: the time the cache may take to show it.
 const ReservationGrace = time.Second
+
+// ReservationTimeout bounds how long a named reservation (an event's create or
+// fan-out) waits for a count to show it. Under load the cache lags by more than
+// ReservationGrace, and dropping a reservation before the count has it let a burst
+// past the budget; one that never shows (a create that failed after admission, an
+// event deleted at once) goes after this.
+const ReservationTimeout = 30 * time.Second
 
 // NewGate returns a gate for a budget of max bytes; 0 admits everything.
 func NewGate(max int64) *Gate {
@@ -118,7 +125,8 @@ type Count struct {
 }
 
 // Observe replaces the estimate with a count read from the cache at takenAt. What was
-// admitted before it is dropped once the count shows it, or after ReservationGrace.
+// admitted before it is dropped once the count shows it, or after ReservationGrace
+// (ReservationTimeout when it names an event).
 func (g *Gate) Observe(c Count, takenAt time.Time) {
 	bytes, unfanned, byNamespace := c.Bytes, c.Unfanned, c.ByNamespace
 	g.mu.Lock()
@@ -134,7 +142,11 @@ func (g *Gate) Observe(c Count, takenAt time.Time) {
 	for _, r := range g.reserved {
 		fannedOut, seen := c.Events[r.event]
 		counted := r.event != "" && r.at.Before(takenAt) && seen && (fannedOut || !r.fanOut)
-		if !counted && r.at.After(takenAt.Add(-ReservationGrace)) {
+		wait := ReservationGrace
+		if r.event != "" {
+			wait = ReservationTimeout
+		}
+		if !counted && r.at.After(takenAt.Add(-wait)) {
 			keep = append(keep, r)
 		}
 	}
